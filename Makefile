@@ -1,0 +1,32 @@
+# `make demo`: set up and run the main job on a built-in default. `make test`: set up and test.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+
+.PHONY: setup test demo bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first, pinned: these builds lie on this machine's disk (CPU here, CUDA-capable)
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q -e ".[test]"
+	rm -f $(VENV)/.installed-*
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+
+demo: $(STAMP)
+	$(VENV)/bin/vlmsurgeon inspect examples/qwen3-vl-235b-a22b --depth 4
+	rm -rf demo-out && HF_HUB_DISABLE_PROGRESS_BARS=1 $(VENV)/bin/vlmsurgeon tiny qwen2_vl -o demo-out/tiny-qwen2-vl
+	$(VENV)/bin/vlmsurgeon inspect demo-out/tiny-qwen2-vl --depth 3
+
+bench: $(STAMP)
+	$(PY) bench/inspect_bench.py
+
+clean:
+	rm -rf $(VENV) demo-out .pytest_cache

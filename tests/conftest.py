@@ -1,0 +1,60 @@
+"""Shared fixtures: tiny models built once per session, and an in-process CLI runner."""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+warnings.filterwarnings("ignore")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory):
+    """tiny_models(family) -> directory with a tiny saved model, built once per session."""
+    from vlmsurgeon.tiny import build_tiny
+
+    base = tmp_path_factory.mktemp("tiny")
+    cache: dict[str, Path] = {}
+
+    def get(family: str) -> Path:
+        if family not in cache:
+            cache[family] = build_tiny(family, base / family)
+        return cache[family]
+
+    return get
+
+
+@pytest.fixture
+def cli(monkeypatch, capsys):
+    """cli(*args) -> (exit_code, stdout, stderr), running the real entry point in-process."""
+    from vlmsurgeon.cli import main
+
+    def run(*args: str) -> tuple[int, str, str]:
+        monkeypatch.setattr(sys, "argv", ["vlmsurgeon", *map(str, args)])
+        code = 0
+        try:
+            main()
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+def save_config(model_type: str, directory: Path, **overrides) -> Path:
+    """Write the installed transformers' default config for `model_type` to a directory."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.for_model(model_type, **overrides)
+    config.save_pretrained(directory)
+    return directory

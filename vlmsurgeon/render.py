@@ -1,0 +1,125 @@
+"""Rendering for people: the module tree (repeated blocks collapsed) and the breakdown table.
+The only module that knows about rich."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+from rich.tree import Tree
+
+from .report import Breakdown
+from .tree import Node, signature
+
+COLORS = {"vision": "magenta", "merger": "yellow", "lm": "cyan", "head": "green",
+          "audio": "blue", "protein": "blue", "action": "blue"}
+
+
+def human(n: float, unit: str = "") -> str:
+    """1234567 -> '1.2M'; bytes with unit='B' -> '2.3 GiB'."""
+    if unit == "B":
+        for suffix, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+            if abs(n) >= scale:
+                return f"{n / scale:.2f} {suffix}"
+        return f"{int(n)} B"
+    for suffix, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.1f}{suffix}"
+    return str(int(n))
+
+
+def _label(node: Node, parent_component: str | None, *, count: int = 1, span: str = "") -> str:
+    text = f"{escape(span or node.name)}: " if node.path else ""
+    if count > 1:
+        text += f"{count} × {escape(node.cls)} · {human(node.total)} each"
+    else:
+        text += f"{escape(node.cls)} · {human(node.total)}"
+    tied = [p for p in node.params if p.tied_to]
+    if tied:
+        text += f" (tied to {escape(tied[0].tied_to or '')})"
+    if node.component and node.component != parent_component:
+        color = COLORS.get(node.component, "white")
+        text += f"  [{color}]\\[{node.component}][/{color}]"
+    return text
+
+
+def _groups(children: list[Node], memo: dict[int, Any]) -> list[tuple[Node, int, str]]:
+    """Consecutive numbered siblings with identical structure collapse into one group."""
+    groups: list[tuple[Node, int, str]] = []
+    i = 0
+    while i < len(children):
+        node, j = children[i], i + 1
+        if node.name.isdigit():
+            sig = signature(node, memo)
+            while j < len(children) and children[j].name.isdigit() and signature(children[j], memo) == sig:
+                j += 1
+        span = f"({node.name}-{children[j - 1].name})" if j - i > 1 else ""
+        groups.append((node, j - i, span))
+        i = j
+    return groups
+
+
+def module_tree(root: Node, depth: int) -> Tree:
+    memo: dict[int, Any] = {}
+    tree = Tree(_label(root, None))
+    stack: list[tuple[Node, Tree, int]] = [(root, tree, 0)]
+    while stack:
+        node, branch, level = stack.pop()
+        if level >= depth:
+            continue
+        for child, count, span in _groups(node.children, memo):
+            sub = branch.add(_label(child, node.component, count=count, span=span))
+            stack.append((child, sub, level + 1))
+    return tree
+
+
+def breakdown_table(result: Breakdown, quantized: tuple[str, ...] = ("lm",)) -> Table:
+    table = Table(title=f"{result.model}  ({result.model_type}, from {result.source})",
+                  title_justify="left")
+    for col in ("component", "params", "share", "bf16", "4-bit", "roots"):
+        numeric = col in ("params", "share", "bf16", "4-bit")
+        table.add_column(col, justify="right" if numeric else "left", no_wrap=numeric)
+    total = result.total_params or 1
+    bf16 = q4 = 0
+    for name, fig in result.components.items():
+        color = COLORS.get(name, "white")
+        b16, b4 = fig.bytes_bf16(), fig.bytes_4bit(name in quantized)
+        bf16, q4 = bf16 + b16, q4 + b4
+        roots = ", ".join(fig.roots[:3]) + (f" (+{len(fig.roots) - 3})" if len(fig.roots) > 3 else "")
+        if name == "head" and fig.tied_to:
+            roots = f"tied to {fig.tied_to} (counted once, in lm)"
+        table.add_row(f"[{color}]{name}[/{color}]", f"{fig.params:,}", f"{100 * fig.params / total:.2f}%",
+                      human(b16, "B"), human(b4, "B"), roots or "-")
+        if name == "lm":
+            table.add_row("  of which embeddings", f"{fig.embeddings:,}",
+                          f"{100 * fig.embeddings / total:.2f}%", "", "", "")
+    table.add_row("other", f"{result.other:,}", f"{100 * result.other / total:.2f}%", "", "",
+                  ", ".join(result.other_names[:3]) or "-")
+    table.add_row("[bold]total[/bold]", f"[bold]{result.total_params:,}[/bold]", "100.00%",
+                  human(bf16, "B"), human(q4, "B"), "")
+    table.caption = ("4-bit: Linear weights of " + "/".join(quantized) +
+                     " in NF4 with double quant (4.127 bits), everything else bf16")
+    return table
+
+
+def make_console(stderr: bool = False) -> Console:
+    """A console that keeps tables readable when piped (rich would fall back to 80 columns)."""
+    console = Console(stderr=stderr)
+    if not console.is_terminal:
+        console = Console(stderr=stderr, width=160)
+    return console
+
+
+def print_inspect(result: Breakdown, depth: int, console: Console | None = None) -> None:
+    console = console or make_console()
+    console.print(module_tree(result.tree, depth))
+    console.print(breakdown_table(result))
+    for note in result.notes:
+        console.print(f"note: {note}")
+
+
+def print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2))

@@ -1,0 +1,95 @@
+"""The parameter breakdown by component: the figures `inspect --json` prints (DESIGN §4)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .components import ALL_COMPONENTS, COMPONENTS, param_component
+from .tree import Node
+
+# NF4 with double quantisation, blocksize 64: 4 bits + an 8-bit absmax per 64 values
+# + one fp32 scale per 256 absmax blocks.
+NF4_BITS = 4 + 8 / 64 + 32 / (64 * 256)
+
+
+@dataclass
+class ComponentFigures:
+    params: int = 0
+    trainable: int = 0
+    roots: list[str] = field(default_factory=list)
+    embeddings: int = 0
+    linear: int = 0  # Linear weights: what 4-bit quantisation applies to
+    tied_to: str | None = None
+
+    def bytes_bf16(self) -> int:
+        return 2 * self.params
+
+    def bytes_4bit(self, quantize: bool = True) -> int:
+        if not quantize:
+            return self.bytes_bf16()
+        return int(self.linear * NF4_BITS / 8) + 2 * (self.params - self.linear)
+
+
+@dataclass
+class Breakdown:
+    model: str
+    model_type: str
+    source: str
+    tree: Node
+    components: dict[str, ComponentFigures]
+    other: int
+    other_names: list[str]
+    total_params: int
+    prequantized: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        comps: dict[str, Any] = {}
+        for name, fig in self.components.items():
+            entry: dict[str, Any] = {"params": fig.params}
+            if name == "lm":
+                entry["embeddings"] = fig.embeddings
+            if name == "head":
+                entry["tied_to"] = fig.tied_to
+            entry["trainable"] = fig.trainable
+            entry["roots"] = fig.roots
+            comps[name] = entry
+        return {
+            "model": self.model, "model_type": self.model_type, "source": self.source,
+            "total_params": self.total_params, "components": comps, "other": self.other,
+        }
+
+
+def breakdown(root: Node, *, model: str, model_type: str, source: str,
+              prequantized: bool = False, notes: list[str] | None = None) -> Breakdown:
+    """Count every parameter once into exactly one component; figures add up to the total."""
+    figures = {c: ComponentFigures() for c in ALL_COMPONENTS}
+    other, other_names, total = 0, [], 0
+    parents: dict[int, str | None] = {id(root): None}
+    for node in root.walk():
+        for child in node.children:
+            parents[id(child)] = node.component
+        if node.component and parents[id(node)] != node.component:
+            figures[node.component].roots.append(node.path)
+        for param in node.params:
+            comp = param_component(node, param.name)
+            if param.tied_to:
+                if comp == "head":
+                    figures["head"].tied_to = param.tied_to
+                continue
+            total += param.numel
+            if comp == "other":
+                other += param.numel
+                other_names.append(param.name)
+                continue
+            fig = figures[comp]
+            if node.component is None:  # a loose parameter claimed by PARAM_RULES
+                fig.roots.append(param.name)
+            fig.params += param.numel
+            fig.trainable += param.numel if param.trainable else 0
+            fig.embeddings += param.numel if param.kind == "embedding" else 0
+            fig.linear += param.numel if param.kind == "linear" else 0
+    kept = {c: f for c, f in figures.items() if c in COMPONENTS or f.params or f.roots}
+    return Breakdown(model, model_type, source, root, kept, other, other_names, total,
+                     prequantized=prequantized, notes=list(notes or []))

@@ -1,0 +1,275 @@
+"""Where a model comes from: hub id, local directory or config.json; built on the meta device
+from its config, or read from safetensors headers when its code lives in the model repo."""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import BadInput
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_MAX_HEADER = 100 * 1024 * 1024
+HUB_HINT = ("pass a local model directory or its config.json; or download it where the hub is "
+            "reachable and set HF_HUB_OFFLINE=1 to use the local cache")
+
+
+@dataclass
+class Reference:
+    """A resolved model reference."""
+
+    text: str
+    kind: str  # "dir" | "config" | "safetensors" | "hub"
+    path: Path | None = None
+    revision: str | None = None
+
+
+@dataclass
+class ModelSource:
+    """A config dict plus what is known about the weights, before anything is built."""
+
+    ref: Reference
+    config: dict[str, Any]
+    weight_files: list[Path] = field(default_factory=list)
+    config_path: Path | None = None
+
+    @property
+    def model_type(self) -> str:
+        return str(self.config.get("model_type") or "")
+
+
+def resolve(text: str, revision: str | None = None) -> Reference:
+    path = Path(text).expanduser()
+    if path.is_dir():
+        return Reference(text, "dir", path, revision)
+    if path.is_file():
+        return Reference(text, "safetensors" if path.suffix == ".safetensors" else "config",
+                         path, revision)
+    if _HUB_ID.match(text) and not text.startswith((".", "/", "~")):
+        return Reference(text, "hub", None, revision)
+    raise BadInput(f"model '{text}': no such file or directory",
+                   "pass a local model directory, a config.json, or a hub id like org/name")
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise BadInput(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno} ({exc.msg})",
+                       "fix or re-download the file") from exc
+    except OSError as exc:
+        raise BadInput(f"{path}: cannot read ({exc.strerror})", "check the path and permissions") from exc
+    if not isinstance(data, dict):
+        raise BadInput(f"{path}: expected a JSON object, found {type(data).__name__}",
+                       "point at a model's config.json")
+    return data
+
+
+def local_weight_files(directory: Path) -> list[Path]:
+    index = directory / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = read_json(index).get("weight_map") or {}
+        return [directory / name for name in sorted(set(weight_map.values()))]
+    return sorted(directory.glob("*.safetensors"))
+
+
+def load_source(ref: Reference) -> ModelSource:
+    """Read the config (and list weight files) without building anything."""
+    if ref.kind == "hub":
+        config_path = _hub_config(ref)
+        return ModelSource(ref, read_json(config_path), config_path=config_path)
+    assert ref.path is not None
+    if ref.kind == "safetensors":
+        config_path = ref.path.parent / "config.json"
+        if not config_path.is_file():
+            return ModelSource(ref, {}, [ref.path])
+        return ModelSource(ref, read_json(config_path), [ref.path], config_path)
+    if ref.kind == "config":
+        directory = ref.path.parent
+        return ModelSource(ref, read_json(ref.path), local_weight_files(directory), ref.path)
+    config_path = ref.path / "config.json"
+    weights = local_weight_files(ref.path)
+    if not config_path.is_file() and not weights:
+        raise BadInput(f"model '{ref.text}': directory has no config.json and no *.safetensors",
+                       "point at a saved model directory (save_pretrained) or its config.json")
+    if not config_path.is_file():
+        return ModelSource(ref, {}, weights)
+    return ModelSource(ref, read_json(config_path), weights, config_path)
+
+
+def read_header(path: Path) -> dict[str, Any]:
+    """Parse one safetensors header: 8-byte length, then JSON. Tensor data is never read."""
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as fh:
+            head = fh.read(8)
+            if len(head) < 8:
+                raise BadInput(f"{path}: truncated safetensors header ({len(head)} of 8 length bytes)",
+                               "re-download or re-save the file")
+            (length,) = struct.unpack("<Q", head)
+            if length > min(_MAX_HEADER, size - 8):
+                raise BadInput(f"{path}: truncated safetensors header (declares {length} bytes, "
+                               f"file has {size - 8})", "re-download or re-save the file")
+            raw = fh.read(length)
+    except OSError as exc:
+        raise BadInput(f"{path}: cannot read ({exc.strerror})", "check the path") from exc
+    try:
+        header = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BadInput(f"{path}: corrupt safetensors header (not JSON)",
+                       "re-download or re-save the file") from exc
+    data_size = size - 8 - length
+    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
+    if ends and max(ends) > data_size:
+        raise BadInput(f"{path}: truncated safetensors file (header needs {max(ends)} data bytes, "
+                       f"file has {data_size})", "re-download or re-save the file")
+    return header
+
+
+def header_tensors(source: ModelSource) -> list[tuple[str, tuple[int, ...], str]]:
+    """(name, shape, dtype) of every tensor, from local headers or the hub's header metadata."""
+    out: list[tuple[str, tuple[int, ...], str]] = []
+    if source.ref.kind == "hub":
+        for meta in _hub_headers(source.ref).files_metadata.values():
+            out.extend((n, tuple(t.shape), t.dtype) for n, t in meta.tensors.items())
+        return out
+    for path in source.weight_files:
+        for name, info in read_header(path).items():
+            if name != "__metadata__":
+                out.append((name, tuple(info["shape"]), info["dtype"]))
+    return out
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """One DNS + TCP check before huggingface_hub's own retries (which wait ~25 s offline)."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    try:
+        with socket.create_connection((url.hostname, url.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _hub_call(ref: Reference, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    from huggingface_hub import constants
+
+    if not constants.HF_HUB_OFFLINE and not _hub_reachable():
+        raise BadInput(f"model '{ref.text}': cannot reach the Hugging Face hub (offline)", HUB_HINT)
+    try:
+        return fn(*args, **kwargs)
+    except Exception as exc:  # huggingface_hub raises many types for "unreachable"/"missing"
+        name = type(exc).__name__
+        if name == "LocalEntryNotFoundError" or "Offline" in name:
+            raise BadInput(f"model '{ref.text}': not in the local cache and the hub is not "
+                           "reachable", HUB_HINT) from exc
+        if "NotFound" in name or "Gated" in name or "Revision" in name:
+            raise BadInput(f"model '{ref.text}': not found on the hub ({name})",
+                           "check the id and revision, or pass a local directory") from exc
+        raise BadInput(f"model '{ref.text}': cannot reach the Hugging Face hub ({name})",
+                       HUB_HINT) from exc
+
+
+def _hub_config(ref: Reference) -> Path:
+    from huggingface_hub import hf_hub_download
+
+    # Header metadata carries no config, so config.json is always fetched on its own.
+    return Path(_hub_call(ref, hf_hub_download, ref.text, "config.json", revision=ref.revision))
+
+
+def _hub_headers(ref: Reference) -> Any:
+    from huggingface_hub import get_safetensors_metadata
+
+    return _hub_call(ref, get_safetensors_metadata, ref.text, revision=ref.revision)
+
+
+def is_native(model_type: str) -> bool:
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    return model_type in CONFIG_MAPPING_NAMES
+
+
+def config_object(source: ModelSource, trust_remote_code: bool = False) -> Any:
+    """A transformers config object for the source."""
+    from transformers import AutoConfig
+
+    model_type = source.model_type
+    if is_native(model_type):
+        try:
+            return AutoConfig.from_pretrained(str(source.config_path))
+        except Exception as exc:
+            raise BadInput(f"model '{source.ref.text}': invalid {model_type} config ({exc})",
+                           "fix config.json") from exc
+    if not trust_remote_code:
+        raise BadInput(f"model '{source.ref.text}': model_type '{model_type}' needs code from "
+                       "the model repo", "pass --trust-remote-code if you trust it")
+    location = source.ref.text if source.ref.kind == "hub" else str(_config_dir(source.ref))
+    try:
+        return AutoConfig.from_pretrained(location, trust_remote_code=True,
+                                          revision=source.ref.revision)
+    except Exception as exc:
+        raise BadInput(f"model '{source.ref.text}': the repo's config code failed ({exc})",
+                       "check the repo's configuration file") from exc
+
+
+def _config_dir(ref: Reference) -> Path:
+    assert ref.path is not None
+    return ref.path if ref.kind == "dir" else ref.path.parent
+
+
+_AUTO_ORDER = ("AutoModelForImageTextToText", "AutoModelForVision2Seq", "AutoModelForCausalLM",
+               "AutoModel")
+
+
+def model_class(config: Any) -> Any:
+    """The class `from_pretrained` would build for a native config: its declared architecture,
+    else the image-text-to-text / causal-LM / base mapping."""
+    import transformers
+    from transformers.models.auto import modeling_auto as ma
+
+    names = [*(getattr(config, "architectures", None) or [])]
+    for mapping_names in (ma.MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES,
+                          ma.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, ma.MODEL_MAPPING_NAMES):
+        name = mapping_names.get(config.model_type)
+        names.append(name if isinstance(name, str) else None)
+    for name in names:
+        cls = getattr(transformers, name, None) if name else None
+        if cls is not None:
+            return cls
+    for mapping in (ma.MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING, ma.MODEL_FOR_CAUSAL_LM_MAPPING,
+                    ma.MODEL_MAPPING):
+        if type(config) in mapping:
+            return mapping[type(config)]
+    raise BadInput(f"no transformers model class for model_type '{config.model_type}'",
+                   "upgrade transformers, or point at a directory with safetensors weights")
+
+
+def build_on_meta(source: ModelSource, config: Any, trust_remote_code: bool = False) -> Any:
+    """Instantiate the model on the meta device: exact structure, no memory, no weights."""
+    import torch
+
+    try:
+        with torch.device("meta"):
+            if is_native(source.model_type):
+                return model_class(config)._from_config(config)
+            import transformers
+
+            auto_map = source.config.get("auto_map") or {}
+            for name in _AUTO_ORDER:
+                if name in auto_map:
+                    return getattr(transformers, name).from_config(config, trust_remote_code=True)
+            return transformers.AutoModel.from_config(config, trust_remote_code=trust_remote_code)
+    except BadInput:
+        raise
+    except Exception as exc:
+        raise BadInput(f"model '{source.ref.text}': cannot build {source.model_type} from its "
+                       f"config ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})",
+                       "check config.json, or install the package the model needs") from exc

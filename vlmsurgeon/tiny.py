@@ -1,0 +1,124 @@
+"""`tiny`: a tiny random-weight VLM plus a working processor, built offline from the installed
+transformers' own config classes, a byte-level tokenizer and the family's image processor."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .errors import BadInput
+from .tiny_families import FAMILIES, Family
+
+_TEMPLATE = """{%- macro render(content) -%}
+{%- if content is string -%}{{- content -}}
+{%- else -%}{%- for item in content -%}
+{%- if item['type'] == 'image' -%}{{- '@IMAGE@' -}}
+{%- elif item['type'] == 'text' -%}{{- item['text'] -}}{%- endif -%}
+{%- endfor -%}{%- endif -%}
+{%- endmacro -%}
+@BOS@{%- for message in messages -%}
+{{- '@T0@' + message['role'] + '\\n' -}}
+{%- if message['role'] == 'assistant' -%}
+{% generation %}{{- render(message['content']) + '@T1@' -}}{% endgeneration %}
+{%- else -%}{{- render(message['content']) + '@T1@' -}}{%- endif -%}
+{{- '\\n' -}}
+{%- endfor -%}
+{%- if add_generation_prompt -%}{{- '@T0@assistant\\n' -}}{%- endif -%}"""
+
+
+def chat_template(family: Family) -> str:
+    """A ChatML-style template; assistant turns are wrapped in {% generation %} so that
+    `return_assistant_tokens_mask` marks exactly what the model should learn to write."""
+    return (_TEMPLATE.replace("@IMAGE@", family.placeholder)
+            .replace("@BOS@", "{{- bos_token -}}" if family.bos else "")
+            .replace("@T0@", family.turn[0]).replace("@T1@", family.turn[1]))
+
+
+def _special_tokens(family: Family) -> list[str]:
+    tokens = [*family.turn, family.pad, family.eos, *(t for t in [family.bos] if t),
+              *family.specials.values(), *family.extra_tokens]
+    if family.placeholder.startswith("<|vision_start|>"):
+        tokens.append("<|endoftext|>")
+    return list(dict.fromkeys(tokens))
+
+
+def build_tokenizer(family: Family) -> Any:
+    """Byte-level BPE with no merges: 256 byte tokens plus the family's special tokens."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    core = Tokenizer(models.BPE(vocab={ch: i for i, ch in enumerate(alphabet)}, merges=[]))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    core.add_special_tokens([AddedToken(t, special=True, normalized=False)
+                             for t in _special_tokens(family)])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core, bos_token=family.bos, eos_token=family.eos, pad_token=family.pad,
+        extra_special_tokens=dict(family.specials), padding_side="right",
+        model_max_length=1024, chat_template=chat_template(family),
+    )
+
+
+def build_processor(family: Family, tokenizer: Any) -> Any:
+    import transformers
+
+    parts: dict[str, Any] = {
+        "image_processor": getattr(transformers, family.image_processor)(**family.image_processor_kwargs),
+        "tokenizer": tokenizer,
+    }
+    if family.video_processor:
+        parts["video_processor"] = getattr(transformers, family.video_processor)(
+            **family.video_processor_kwargs)
+    return getattr(transformers, family.processor)(
+        **parts, chat_template=chat_template(family), **family.processor_kwargs)
+
+
+def build_config(family: Family, tokenizer: Any) -> Any:
+    import transformers
+
+    tid = tokenizer.convert_tokens_to_ids
+    vocab = len(tokenizer)
+    config = getattr(transformers, family.config_class)(**family.config(tid, vocab))
+    ids = {"pad_token_id": tid(family.pad), "eos_token_id": tid(family.eos)}
+    if family.bos:
+        ids["bos_token_id"] = tid(family.bos)
+    for target in (config, getattr(config, "text_config", None)):
+        for key, value in ids.items():
+            if target is not None:
+                setattr(target, key, value)
+    return config
+
+
+def build_tiny(model_type: str, out: Path | str, *, seed: int = 0) -> Path:
+    """Write model weights (safetensors), config, generation config and processor files to
+    `out`, atomically: everything is written beside it and renamed into place at the end."""
+    if model_type not in FAMILIES:
+        raise BadInput(f"tiny: unknown family '{model_type}'",
+                       "one of " + ", ".join(sorted(FAMILIES)))
+    out = Path(out)
+    if out.exists():
+        raise BadInput(f"tiny: output '{out}' already exists", "choose a new directory")
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    family = FAMILIES[model_type]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        tokenizer = build_tokenizer(family)
+        processor = build_processor(family, tokenizer)
+        config = build_config(family, tokenizer)
+        torch.manual_seed(seed)
+        model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32)
+        model.generation_config.pad_token_id = config.pad_token_id
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
