@@ -1,0 +1,1 @@
+"""Built-in freeze presets (YAML), shipped inside the package as `vlmsurgeon.presets`."""
