@@ -97,3 +97,13 @@ def test_help_does_not_import_torch():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert "HEAVY []" in proc.stdout, proc.stdout + proc.stderr
     assert "inspect" in proc.stdout and "tiny" in proc.stdout
+
+
+def test_text_only_model_inspects_with_vision_zero(tmp_path, cli):
+    code, out, err = cli("inspect", save_config("llama", tmp_path, num_hidden_layers=2), "--json")
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["components"]["vision"]["params"] == 0
+    assert data["components"]["merger"]["params"] == 0
+    assert data["components"]["lm"]["params"] > 0 and data["other"] == 0
+    assert data["components"]["head"]["roots"] == ["lm_head"]
