@@ -27,6 +27,7 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/inspect_bench.py
+	$(PY) bench/plan_bench.py
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache

@@ -20,6 +20,10 @@ app = typer.Typer(
 )
 
 
+budget_app = typer.Typer(no_args_is_help=True, help="Parameter budgets for CI.")
+app.add_typer(budget_app, name="budget")
+
+
 def _version(value: bool) -> None:
     if value:
         print(f"vlmsurgeon {__version__}")
@@ -61,6 +65,78 @@ def inspect(
         print_json(result.to_json())
     else:
         print_inspect(result, depth)
+
+
+@app.command()
+def presets(
+    name: Optional[str] = typer.Argument(None, help="A built-in preset to show in full."),
+) -> None:
+    """List the built-in freeze presets, or show one."""
+    from .preset import builtin_names, builtin_text, load_preset
+    from .render import make_console, presets_table
+
+    if name is None:
+        make_console().print(presets_table([load_preset(n) for n in builtin_names()]))
+        return
+    load_preset(name)  # validates, and names the built-ins when `name` is unknown
+    print(builtin_text(name) if name in builtin_names() else Path(name).read_text(), end="")
+
+
+@app.command()
+def plan(
+    model: Optional[str] = typer.Argument(None, help="Hub id, local model directory, or config.json."),
+    preset: Optional[str] = typer.Option(None, "--preset", "-p", help="Built-in name or YAML file."),
+    freeze: Optional[str] = typer.Option(None, "--freeze", help="Components to freeze, e.g. vision,merger."),
+    seq_len: Optional[int] = typer.Option(None, "--seq-len", help="Tokens per sample (text + image). [2048]"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Samples per step. [1]"),
+    image_tokens: Optional[int] = typer.Option(None, "--image-tokens", help="Image tokens per sample. [256]"),
+    no_ckpt: bool = typer.Option(False, "--no-gradient-checkpointing", help="Estimate without it."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="RUN.yaml with any of these options."),
+    as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON only."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code"),
+    revision: Optional[str] = typer.Option(None, "--revision"),
+) -> None:
+    """What would train, per component, and how much memory training needs. No weights needed."""
+    _quiet_libraries()
+    from .plan import PlanSettings, plan_model
+    from .render import print_json, print_plan
+    from .runconfig import merge_options
+
+    opts = merge_options(config, model=model, preset=preset, freeze=freeze, seq_len=seq_len,
+                         batch_size=batch_size, image_tokens=image_tokens,
+                         gradient_checkpointing=False if no_ckpt else None)
+    settings = PlanSettings(opts.seq_len, opts.batch_size, opts.image_tokens, opts.gradient_checkpointing)
+    result = plan_model(opts.require_model(), preset=opts.preset, freeze=opts.freeze, settings=settings,
+                        trust_remote_code=trust_remote_code, revision=revision)
+    if as_json:
+        print_json(result.to_json())
+    else:
+        print_plan(result)
+
+
+@budget_app.command("check")
+def budget_check(
+    budget: Path = typer.Argument(..., help="BUDGET.yaml: models, presets and limits."),
+    as_json: bool = typer.Option(False, "--json", help="Print results as JSON only."),
+    junit: Optional[Path] = typer.Option(None, "--junit", help="Also write a JUnit XML report."),
+) -> None:
+    """Check every limit; exit 0 when all hold, 1 when any fails, 2 when the file is invalid."""
+    _quiet_libraries()
+    from .budget import check_budget, write_junit
+    from .render import budget_table, make_console, print_json
+
+    result = check_budget(budget)
+    if junit:
+        write_junit(result, junit)
+    if as_json:
+        print_json(result.to_json())
+    else:
+        make_console().print(budget_table(result))
+    if not result.ok:
+        for r in result.failures:
+            print(f"vlmsurgeon: budget violated: {r.model}: {r.limit.key} = {r.figure:,} "
+                  f"(limit {r.describe()})", file=sys.stderr)
+        raise typer.Exit(1)
 
 
 @app.command()

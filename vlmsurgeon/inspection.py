@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from .components import classify, structural_roots
 from .errors import BadInput
 from .report import Breakdown, breakdown
@@ -30,6 +32,21 @@ def inspect_model(reference: str, *, trust_remote_code: bool = False,
         raise BadInput(f"model '{reference}': unknown model_type '{model_type}' and no weights",
                        "upgrade transformers, or point at a directory with *.safetensors")
     return from_headers(source)
+
+
+def meta_model(reference: str, *, trust_remote_code: bool = False,
+               revision: str | None = None) -> tuple[ModelSource, Any]:
+    """The model built on meta from its config, for commands that need modules (plan)."""
+    source = load_source(resolve(reference, revision))
+    model_type = source.model_type
+    if not model_type:
+        raise BadInput(f"model '{reference}': config has no model_type",
+                       "point at a model's config.json")
+    if not is_native(model_type) and not (trust_remote_code and source.config.get("auto_map")):
+        raise BadInput(f"model '{reference}': model_type '{model_type}' needs code from the model "
+                       "repo to build its modules", "pass --trust-remote-code if you trust it")
+    config = config_object(source, trust_remote_code)
+    return source, build_on_meta(source, config, trust_remote_code)
 
 
 def _from_config(source: ModelSource, trust_remote_code: bool) -> Breakdown:

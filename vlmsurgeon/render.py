@@ -123,3 +123,78 @@ def print_inspect(result: Breakdown, depth: int, console: Console | None = None)
 
 def print_json(data: Any) -> None:
     print(json.dumps(data, indent=2))
+
+
+def plan_table(result: Any) -> Table:
+    """What trains, per component (a PlanResult)."""
+    report, applied = result.breakdown, result.applied
+    table = Table(title=f"{report.model}  ({report.model_type}) · preset {result.preset.name}",
+                  title_justify="left")
+    for col in ("component", "params", "trainable", "share", "how", "4-bit"):
+        table.add_column(col, justify="right" if col in ("params", "trainable", "share") else "left",
+                         no_wrap=col in ("params", "trainable"))
+    for name, fig in report.components.items():
+        state = applied.components.get(name)
+        trainable = state.trainable if state else 0
+        how = state.describe if state else "frozen"
+        if state and state.lora_modules:
+            how += f" · {state.lora_modules} modules"
+        if name == "head" and fig.tied_to:
+            how += f" (tied to {fig.tied_to})"
+        color = COLORS.get(name, "white")
+        share = f"{100 * trainable / fig.params:.2f}%" if fig.params else "-"
+        table.add_row(f"[{color}]{name}[/{color}]", f"{fig.params:,}", f"{trainable:,}", share,
+                      escape(how), "yes" if name in result.preset.quantize else "")
+    total = report.total_params or 1
+    table.add_row("[bold]total[/bold]", f"{report.total_params:,}", f"[bold]{result.trainable:,}[/bold]",
+                  f"{100 * result.trainable / total:.3f}%", "", "")
+    return table
+
+
+def memory_table(result: Any) -> Table:
+    m, s = result.memory, result.settings
+    table = Table(title=(f"training memory estimate · batch {s.batch_size} × seq {s.seq_len}, "
+                         f"{s.image_tokens} image tokens/sample"), title_justify="left")
+    table.add_column("part")
+    table.add_column("bytes", justify="right")
+    rows = [("weights (4-bit where quantized, bf16 otherwise)", m.weights),
+            ("LoRA adapters (fp32)", m.adapters), ("gradients", m.gradients),
+            ("AdamW states (2 per trainable param)", m.optimizer),
+            ("activations, gradient checkpointing on", m.activations),
+            ("logits + their gradient (fp32)", m.logits)]
+    for label, value in rows:
+        table.add_row(label, human(value, "B"))
+    table.add_row("[bold]total, checkpointing on[/bold]", f"[bold]{human(m.total, 'B')}[/bold]")
+    table.add_row("activations, checkpointing off", human(m.activations_no_ckpt, "B"))
+    table.add_row("[bold]total, checkpointing off[/bold]", f"[bold]{human(m.total_no_ckpt, 'B')}[/bold]")
+    return table
+
+
+def print_plan(result: Any, console: Console | None = None) -> None:
+    console = console or make_console()
+    console.print(plan_table(result))
+    console.print(memory_table(result))
+    for note in result.notes:
+        console.print(f"note: {escape(note)}")
+
+
+def presets_table(presets: list[Any]) -> Table:
+    table = Table(title="built-in presets (vlmsurgeon presets NAME shows one)", title_justify="left")
+    for col in ("name", "vision", "merger", "lm", "head", "4-bit", "description"):
+        table.add_column(col)
+    for p in presets:
+        table.add_row(p.name, *(escape(p.spec(c).describe()) for c in ("vision", "merger", "lm", "head")),
+                      ",".join(p.quantize) or "-", p.description)
+    return table
+
+
+def budget_table(result: Any) -> Table:
+    table = Table(title="parameter budget", title_justify="left")
+    for col in ("model", "limit", "figure", "verdict"):
+        table.add_column(col, justify="right" if col == "figure" else "left")
+    for r in result.results:
+        unit = "B" if r.limit.key == "memory" else ""
+        figure = human(r.figure, unit) if unit else f"{r.figure:,} ({human(r.figure)})"
+        verdict = "[green]ok[/green]" if r.ok else "[bold red]FAIL[/bold red]"
+        table.add_row(escape(r.model), escape(r.describe()), figure, verdict)
+    return table

@@ -1,0 +1,43 @@
+"""The memory estimate's formula, checked against figures computed by hand."""
+
+from __future__ import annotations
+
+from vlmsurgeon.memory import ComponentMemory, Dims, estimate
+
+NF4 = 4 + 8 / 64 + 32 / (64 * 256)  # bits per 4-bit weight with double quantisation
+
+
+def test_qlora_estimate_by_hand():
+    parts = {
+        "vision": ComponentMemory(params=1000, linear=800, quantized=False, full_trainable=0, lora_trainable=0),
+        "merger": ComponentMemory(params=200, linear=200, quantized=False, full_trainable=200, lora_trainable=0),
+        "lm": ComponentMemory(params=10_000, linear=8_192, quantized=True, full_trainable=0, lora_trainable=512),
+        "head": ComponentMemory(params=640, linear=640, quantized=False, full_trainable=0, lora_trainable=0),
+    }
+    lm = Dims(hidden=64, mlp=128, layers=2)
+    e = estimate(parts, lm=lm, vision=Dims(32, 64, 2), vocab=10, batch=2, seq_len=8,
+                 vision_tokens=16, checkpointing=True)
+    # weights: vision/merger/head bf16; LM: 8192 NF4 weights + 1808 others in bf16
+    assert e.weights == 2 * 1000 + 2 * 200 + int(8192 * NF4 / 8) + 2 * (10_000 - 8192) + 2 * 640
+    assert e.adapters == 4 * 512
+    assert e.gradients == 4 * 512 + 2 * 200
+    assert e.optimizer == 2 * (4 * 512 + 2 * 200)
+    tokens = 2 * 8
+    per_layer = 2 * (9 * 64 + 3 * 128)  # bytes per token and layer
+    assert e.activations == tokens * 2 * 2 * 64 + tokens * per_layer  # vision frozen: no vision term
+    assert e.activations_no_ckpt == tokens * 2 * per_layer
+    assert e.logits == 2 * 8 * 10 * 4 * 2
+    assert e.total == e.weights + e.adapters + e.gradients + e.optimizer + e.activations + e.logits
+
+
+def test_vision_activations_only_when_vision_trains():
+    parts = {"vision": ComponentMemory(100, 50, False, 100, 0), "lm": ComponentMemory(100, 50, False, 0, 0)}
+    e = estimate(parts, lm=Dims(8, 16, 1), vision=Dims(4, 8, 3), vocab=5, batch=1, seq_len=4,
+                 vision_tokens=10, checkpointing=False)
+    assert e.activations == 4 * 1 * 2 * (9 * 8 + 3 * 16) + 10 * 3 * 2 * (9 * 4 + 3 * 8)
+
+
+def test_nothing_trains_nothing_but_weights():
+    parts = {"lm": ComponentMemory(100, 64, True, 0, 0)}
+    e = estimate(parts, lm=Dims(8, 16, 1), vision=None, vocab=5, batch=1, seq_len=4, vision_tokens=0)
+    assert e.total == e.weights == int(64 * NF4 / 8) + 2 * 36

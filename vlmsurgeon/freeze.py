@@ -1,0 +1,277 @@
+"""Apply a preset to a loaded model: requires_grad per component, peft LoRA injected only where
+the preset asks (one adapter, per-component ranks), full-trained components as peft
+`modules_to_save`. Used by `plan` (on meta) and `finetune` (on real weights)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from .components import classify, param_component, structural_roots
+from .errors import BadInput
+from .preset import Mode, Preset
+from .tree import Node, from_module
+
+ADAPTER = "default"
+_ATTENTION = re.compile(r"(^|\.)[\w]*(attn|attention)[\w]*(\.|$)")
+_MLP = re.compile(r"(^|\.)[\w]*(mlp|ffn|feed_forward|experts|fc)[\w]*(\.|$)")
+# peft cannot wrap these in modules_to_save: their children are saved instead.
+_CONTAINERS = ("ModuleList", "ModuleDict", "ParameterList", "ParameterDict")
+_PEFT_SEGMENTS = re.compile(r"\.(modules_to_save\.[^.]+|original_module)(?=\.|$)")
+
+
+@dataclass
+class ComponentState:
+    """What a component looks like after the preset is applied."""
+
+    mode: str
+    describe: str
+    total: int = 0
+    trainable: int = 0
+    lora_modules: int = 0
+    lora_params: int = 0
+    full_roots: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Applied:
+    model: Any
+    preset: Preset
+    tree: Node
+    components: dict[str, ComponentState]
+    lora_targets: dict[str, list[str]]
+    modules_to_save: list[str]
+    loose_trainable: list[str]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def trainable(self) -> int:
+        return sum(c.trainable for c in self.components.values())
+
+
+def classified_tree(model: Any, model_type: str | None) -> Node:
+    tree = from_module(model)
+    return classify(tree, model_type, structural_roots(model))
+
+
+def _subtree_components(tree: Node) -> dict[str, set[str]]:
+    """For every module path, the components of all counted parameters beneath it."""
+    result: dict[str, set[str]] = {}
+    for node in reversed(list(tree.walk())):
+        comps = {param_component(node, p.name) for p in node.params if not p.tied_to}
+        for child in node.children:
+            comps |= result[child.path]
+        result[node.path] = comps
+    return result
+
+
+def _matches(path: str, targets: str | list[str]) -> bool:
+    if targets == "all-linear":
+        return True
+    if targets == "attention":
+        return bool(_ATTENTION.search(path))
+    if targets == "mlp":
+        return bool(_MLP.search(path)) and not _ATTENTION.search(path)
+    return path.rsplit(".", 1)[-1] in targets
+
+
+def lora_targets(model: Any, tree: Node, preset: Preset) -> dict[str, list[str]]:
+    """Linear layers (never convolutions, never the output layer) of each LoRA component."""
+    import torch.nn as nn
+
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    modules = dict(model.named_modules())
+    found: dict[str, list[str]] = {c: [] for c, s in preset.components.items() if s.mode == Mode.lora}
+    for node in tree.walk():
+        comp = node.component
+        if comp not in found or not node.path:
+            continue
+        module = modules.get(node.path)
+        if isinstance(module, nn.Linear) and module is not head and _matches(node.path, preset.spec(comp).targets):
+            found[comp].append(node.path)
+    return found
+
+
+def _full_roots(tree: Node, below: dict[str, set[str]], component: str) -> tuple[list[str], list[str]]:
+    """Largest modules that hold only `component`'s parameters, plus loose parameters that sit
+    on mixed modules (peft can only save whole modules)."""
+    roots, loose = [], []
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        if component not in below[node.path]:
+            continue
+        if node.path and below[node.path] == {component} and node.cls not in _CONTAINERS:
+            roots.append(node.path)
+            continue
+        loose.extend(p.name for p in node.params
+                     if not p.tied_to and param_component(node, p.name) == component)
+        stack.extend(node.children)
+    return sorted(roots), loose
+
+
+def present_components(tree: Node) -> list[str]:
+    below = _subtree_components(tree)
+    return sorted(below.get("", set()) - {"other"})
+
+
+@dataclass
+class Selection:
+    """What a preset selects in one model, before anything is changed."""
+
+    tree: Node
+    targets: dict[str, list[str]]
+    full_roots: dict[str, list[str]]
+    loose: list[str]
+    notes: list[str]
+
+    @property
+    def modules_to_save(self) -> list[str]:
+        return sorted(p for roots in self.full_roots.values() for p in roots)
+
+
+def select(model: Any, preset: Preset, model_type: str | None, tree: Node | None = None) -> Selection:
+    """LoRA targets and full-trained modules per component (shared by apply and count)."""
+    tree = tree or classified_tree(model, model_type)
+    below = _subtree_components(tree)
+    present = below.get("", set())
+    targets = lora_targets(model, tree, preset)
+    for comp, paths in targets.items():
+        if comp in present and not paths:
+            raise BadInput(f"preset '{preset.name}': LoRA targets {preset.spec(comp).targets!r} match "
+                           f"no Linear layer in {comp}", "use targets: all-linear, or list module names")
+    full_roots: dict[str, list[str]] = {}
+    loose: list[str] = []
+    for comp, spec in preset.components.items():
+        if spec.mode == Mode.full and comp in present:
+            full_roots[comp], comp_loose = _full_roots(tree, below, comp)
+            loose.extend(comp_loose)
+    notes = [f"{c} is in the preset but not in this model" for c in preset.trained() if c not in present]
+    return Selection(tree, targets, full_roots, loose, notes)
+
+
+def apply_preset(model: Any, preset: Preset, model_type: str | None, tree: Node | None = None) -> Applied:
+    """Freeze, inject LoRA and mark full components; returns the (peft-wrapped) model.
+    `tree` may be passed when the caller already classified this model."""
+    sel = select(model, preset, model_type, tree)
+    for param in model.parameters():
+        param.requires_grad_(False)
+    if any(sel.targets.values()):
+        model = _inject_lora(model, preset, sel.targets, sel.modules_to_save)
+    else:
+        for path in sel.modules_to_save:
+            model.get_submodule(path).requires_grad_(True)
+    params = dict(model.named_parameters())
+    for name in sel.loose:
+        params[_peft_name(model, name)].requires_grad_(True)
+    applied = Applied(model, preset, sel.tree, {}, sel.targets, sel.modules_to_save, sel.loose, sel.notes)
+    applied.components = _count(model, sel.tree, preset, sel.targets, sel.full_roots)
+    return applied
+
+
+def count_preset(model: Any, preset: Preset, model_type: str | None, tree: Node | None = None) -> Applied:
+    """The same figures as `apply_preset`, computed without changing the model or importing
+    peft: a LoRA pair on a Linear(in, out) adds r·(in + out); full components train whole."""
+    sel = select(model, preset, model_type, tree)
+    states = _totals(sel.tree, preset)
+    modules = dict(model.named_modules())
+    for comp, paths in sel.targets.items():
+        rank = preset.spec(comp).rank
+        lora = sum(rank * (modules[p].in_features + modules[p].out_features) for p in paths)
+        if comp in states:
+            states[comp].lora_modules, states[comp].lora_params = len(paths), lora
+            states[comp].trainable += lora
+    for comp, roots in sel.full_roots.items():
+        states[comp].full_roots = roots
+        states[comp].trainable += states[comp].total
+    return Applied(model, preset, sel.tree, states, sel.targets, sel.modules_to_save, sel.loose, sel.notes)
+
+
+def _inject_lora(model: Any, preset: Preset, targets: dict[str, list[str]],
+                 modules_to_save: list[str]) -> Any:
+    from peft import LoraConfig, get_peft_model
+
+    lora = [c for c in targets if targets[c]]
+    main = max(lora, key=lambda c: len(targets[c]))
+    spec = preset.spec(main)
+    rank_pattern, alpha_pattern = {}, {}
+    for comp in lora:
+        other = preset.spec(comp)
+        if (other.rank, other.lora_alpha) != (spec.rank, spec.lora_alpha):
+            rank_pattern[_alternation(targets[comp])] = other.rank
+            alpha_pattern[_alternation(targets[comp])] = other.lora_alpha
+    # One regex instead of a list: peft matches a list by suffix against every module
+    # (modules × targets string tests); a fullmatch of one alternation is far cheaper.
+    config = LoraConfig(
+        r=spec.rank, lora_alpha=spec.lora_alpha, lora_dropout=spec.dropout, bias="none",
+        target_modules=_alternation([p for c in lora for p in targets[c]]),
+        rank_pattern=rank_pattern, alpha_pattern=alpha_pattern,
+        modules_to_save=modules_to_save or None,
+    )
+    on_meta = next(model.parameters()).device.type == "meta"
+    # low_cpu_mem_usage creates the adapters on meta: a plan never allocates or initialises them
+    return get_peft_model(model, config, adapter_name=ADAPTER, low_cpu_mem_usage=on_meta)
+
+
+def _alternation(paths: list[str]) -> str:
+    return "(?:" + "|".join(re.escape(p) for p in sorted(paths)) + ")"
+
+
+def base_name(name: str) -> str:
+    """A peft parameter name mapped back to the base model's module/parameter name."""
+    name = name.removeprefix("base_model.model.")
+    name = _PEFT_SEGMENTS.sub("", name)
+    return re.sub(r"\.lora_(A|B|embedding_A|embedding_B|magnitude_vector)\.[^.]+", "", name)
+
+
+def _peft_name(model: Any, name: str) -> str:
+    return f"base_model.model.{name}" if hasattr(model, "peft_config") else name
+
+
+def _owner(name: str, component_of: dict[str, str]) -> str:
+    path = name
+    while path:
+        if path in component_of:
+            return component_of[path]
+        path = path.rsplit(".", 1)[0] if "." in path else ""
+    return component_of.get("", "other")
+
+
+def _totals(tree: Node, preset: Preset) -> dict[str, ComponentState]:
+    states: dict[str, ComponentState] = {}
+    for node in tree.walk():
+        for p in node.params:
+            comp = param_component(node, p.name)
+            if comp not in states:
+                spec = preset.spec(comp)
+                states[comp] = ComponentState(spec.mode.value, spec.describe())
+            states[comp].total += p.counted
+    return states
+
+
+def _count(model: Any, tree: Node, preset: Preset, targets: dict[str, list[str]],
+           full_roots: dict[str, list[str]]) -> dict[str, ComponentState]:
+    component_of: dict[str, str] = {}
+    for node in tree.walk():
+        for p in node.params:
+            component_of[p.name] = param_component(node, p.name)
+        if node.component:
+            component_of[node.path] = node.component
+    states = _totals(tree, preset)
+    seen: set[int] = set()
+    for name, param in model.named_parameters():
+        if id(param) in seen or not param.requires_grad:
+            continue
+        seen.add(id(param))
+        comp = _owner(base_name(name), component_of)
+        numel = param.numel()
+        states[comp].trainable += numel
+        if ".lora_" in name:
+            states[comp].lora_params += numel
+    for comp, paths in targets.items():
+        if comp in states:
+            states[comp].lora_modules = len(paths)
+    for comp, roots in full_roots.items():
+        states[comp].full_roots = roots
+    return states

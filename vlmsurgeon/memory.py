@@ -1,0 +1,144 @@
+"""Training-memory estimate (bytes) from parameter figures and a few config dimensions.
+Pure arithmetic; the formula is written out in the README ("Memory estimate")."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from .report import NF4_BITS
+
+LORA_BYTES = 4  # peft keeps adapters in fp32 (autocast_adapter_dtype)
+HALF = 2  # bf16
+
+
+@dataclass(frozen=True)
+class Dims:
+    """What activations depend on: a stack of `layers` with width `hidden`, MLP width `mlp`
+    (for MoE: expert width × experts per token)."""
+
+    hidden: int
+    mlp: int
+    layers: int
+
+    def per_token_layer(self) -> int:
+        # per token and layer, kept for backward in bf16: the layer input and q/k/v/o outputs
+        # (5h), two norm outputs (2h), attention output and residual (2h), MLP gate/up/act (3·mlp)
+        return HALF * (9 * self.hidden + 3 * self.mlp)
+
+
+@dataclass(frozen=True)
+class ComponentMemory:
+    params: int
+    linear: int  # Linear weights: what 4-bit applies to
+    quantized: bool
+    full_trainable: int
+    lora_trainable: int
+
+
+@dataclass
+class Estimate:
+    weights: int
+    adapters: int
+    gradients: int
+    optimizer: int
+    activations: int
+    activations_no_ckpt: int
+    logits: int
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.adapters + self.gradients + self.optimizer + self.activations + self.logits
+
+    @property
+    def total_no_ckpt(self) -> int:
+        return self.total - self.activations + self.activations_no_ckpt
+
+    def to_json(self) -> dict[str, int]:
+        return {**asdict(self), "total": self.total, "total_no_ckpt": self.total_no_ckpt}
+
+
+def weight_bytes(c: ComponentMemory) -> int:
+    if c.quantized:
+        return int(c.linear * NF4_BITS / 8) + HALF * (c.params - c.linear)
+    return HALF * c.params
+
+
+def stack_activations(dims: Dims | None, tokens: int, checkpointing: bool) -> int:
+    """Without checkpointing every layer keeps its activations; with it, only each layer's
+    input is kept and one layer's activations exist at a time during recomputation."""
+    if dims is None or tokens == 0:
+        return 0
+    if checkpointing:
+        return tokens * dims.layers * HALF * dims.hidden + tokens * dims.per_token_layer()
+    return tokens * dims.layers * dims.per_token_layer()
+
+
+def estimate(components: dict[str, ComponentMemory], *, lm: Dims | None, vision: Dims | None,
+             vocab: int, batch: int, seq_len: int, vision_tokens: int,
+             checkpointing: bool = True) -> Estimate:
+    """Weights (4-bit NF4 with double quant for quantized Linear weights, bf16 otherwise),
+    fp32 LoRA adapters, gradients and two AdamW states in each trainable tensor's dtype,
+    activations of the LM (and of the vision encoder when it trains), fp32 logits + grad."""
+    full = sum(c.full_trainable for c in components.values())
+    lora = sum(c.lora_trainable for c in components.values())
+    trains_before_head = any(c.full_trainable or c.lora_trainable
+                             for name, c in components.items() if name != "head")
+    vision_trains = any(components[n].full_trainable or components[n].lora_trainable
+                        for n in ("vision",) if n in components)
+    tokens = batch * seq_len if trains_before_head else 0
+    patches = batch * vision_tokens if vision_trains else 0
+    trains = bool(full or lora)
+    return Estimate(
+        weights=sum(weight_bytes(c) for c in components.values()),
+        adapters=LORA_BYTES * lora,
+        gradients=LORA_BYTES * lora + HALF * full,
+        optimizer=2 * (LORA_BYTES * lora + HALF * full),
+        activations=stack_activations(lm, tokens, checkpointing) + stack_activations(vision, patches, checkpointing),
+        activations_no_ckpt=stack_activations(lm, tokens, False) + stack_activations(vision, patches, False),
+        logits=(batch * seq_len * vocab * 4 * 2) if trains else 0,
+    )
+
+
+def _get(config: Any, *names: str, default: int = 0) -> int:
+    for name in names:
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return default
+
+
+def lm_dims(config: Any) -> tuple[Dims | None, int]:
+    """(LM dims, vocab) from a transformers config (its text config for VLMs)."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    hidden = _get(text, "hidden_size", "d_model", "n_embd")
+    if not hidden:
+        return None, 0
+    experts_per_token = _get(text, "num_experts_per_tok", "moe_topk", "num_selected_experts")
+    moe = _get(text, "moe_intermediate_size") if experts_per_token else 0
+    mlp = moe * experts_per_token if moe else _get(text, "intermediate_size", "ffn_dim", default=4 * hidden)
+    layers = _get(text, "num_hidden_layers", "num_layers", "n_layer")
+    return Dims(hidden, mlp, layers), _get(text, "vocab_size")
+
+
+def vision_dims(config: Any) -> tuple[Dims | None, int]:
+    """(vision dims, patches per image token) from a VLM config's vision config."""
+    vision = getattr(config, "vision_config", None)
+    if vision is None:
+        return None, 1
+    hidden = _get(vision, "embed_dim", "hidden_size", "width")
+    if not hidden:
+        return None, 1
+    mlp = _get(vision, "intermediate_size", default=0)
+    if not mlp:
+        ratio = getattr(vision, "mlp_ratio", 4)
+        mlp = int(hidden * ratio)
+    layers = _get(vision, "depth", "num_hidden_layers", "num_layers")
+    merge = _get(vision, "spatial_merge_size") ** 2 if _get(vision, "spatial_merge_size") else 1
+    scale = getattr(config, "scale_factor", None) or 0
+    ratio = getattr(config, "downsample_ratio", None) or 0
+    if isinstance(scale, int) and scale > 1:
+        merge = scale * scale
+    elif isinstance(ratio, float) and 0 < ratio < 1:
+        merge = round(1 / (ratio * ratio))
+    return Dims(hidden, mlp, layers), merge

@@ -1,0 +1,164 @@
+"""Freeze presets: for each component `frozen`, `full` or `lora`, and which components load in
+4-bit. Validated with pydantic; built-ins live in the package's `presets/` folder."""
+
+from __future__ import annotations
+
+from enum import Enum
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .components import ALL_COMPONENTS
+from .errors import BadInput
+
+TARGET_KEYWORDS = ("all-linear", "attention", "mlp")
+ComponentName = Literal["vision", "merger", "lm", "head", "audio", "protein", "action"]
+assert set(ComponentName.__args__) == set(ALL_COMPONENTS)  # type: ignore[attr-defined]
+
+
+class Mode(str, Enum):
+    frozen = "frozen"
+    full = "full"
+    lora = "lora"
+
+
+class ComponentSpec(BaseModel):
+    """How one component trains."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mode: Mode = Mode.frozen
+    r: int | None = Field(default=None, gt=0, description="LoRA rank")
+    alpha: float | None = Field(default=None, gt=0, description="LoRA alpha (default 2r)")
+    dropout: float = Field(default=0.05, ge=0, lt=1)
+    targets: Union[str, list[str]] = "all-linear"
+    lr: float | None = Field(default=None, gt=0, description="learning rate for this component")
+
+    @field_validator("targets")
+    @classmethod
+    def _targets(cls, value: Union[str, list[str]]) -> Union[str, list[str]]:
+        if isinstance(value, str) and value not in TARGET_KEYWORDS:
+            raise ValueError(f"must be one of {', '.join(TARGET_KEYWORDS)} or a list of module names")
+        if isinstance(value, list) and not value:
+            raise ValueError("an empty list targets nothing")
+        return value
+
+    @model_validator(mode="after")
+    def _lora_only_fields(self) -> "ComponentSpec":
+        if self.mode != Mode.lora and (self.r is not None or self.alpha is not None):
+            raise ValueError(f"r/alpha only apply to mode 'lora' (mode is '{self.mode.value}')")
+        return self
+
+    @property
+    def rank(self) -> int:
+        return self.r or 16
+
+    @property
+    def lora_alpha(self) -> float:
+        return self.alpha or 2.0 * self.rank
+
+    def describe(self) -> str:
+        if self.mode == Mode.lora:
+            targets = self.targets if isinstance(self.targets, str) else ",".join(self.targets)
+            return f"LoRA r={self.rank} α={self.lora_alpha:g} ({targets})"
+        return self.mode.value
+
+
+class Preset(BaseModel):
+    """A whole freeze plan. Components not named are frozen."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    description: str = ""
+    components: dict[ComponentName, ComponentSpec] = Field(default_factory=dict)
+    quantize: list[ComponentName] = Field(default_factory=lambda: ["lm"])
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Preset":
+        full_4bit = [c for c in self.quantize if self.spec(c).mode == Mode.full]
+        if full_4bit:
+            raise ValueError(f"{', '.join(full_4bit)}: a 4-bit component cannot train in full; "
+                             "use mode lora or remove it from quantize")
+        dropouts = {s.dropout for s in self.components.values() if s.mode == Mode.lora}
+        if len(dropouts) > 1:
+            raise ValueError("LoRA components must share one dropout (peft applies one per adapter)")
+        return self
+
+    def spec(self, component: str) -> ComponentSpec:
+        return self.components.get(component, ComponentSpec())
+
+    def trained(self) -> list[str]:
+        return [c for c, s in self.components.items() if s.mode != Mode.frozen]
+
+
+def _format_errors(origin: str, exc: ValidationError) -> str:
+    problems = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        problems.append(f"{loc}: {err['msg'].removeprefix('Value error, ')}")
+    return f"{origin}: {len(problems)} problem(s): " + "; ".join(problems)
+
+
+def parse_preset(data: Any, origin: str) -> Preset:
+    if not isinstance(data, dict):
+        raise BadInput(f"{origin}: a preset is a YAML mapping", "see `vlmsurgeon presets lm-lora`")
+    try:
+        return Preset.model_validate(data)
+    except ValidationError as exc:
+        raise BadInput(_format_errors(origin, exc), "see `vlmsurgeon presets lm-lora` for the format") from exc
+
+
+def read_yaml(path: Path) -> Any:
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
+        raise BadInput(f"{path}: invalid YAML{where}", "fix the file's syntax") from exc
+    except OSError as exc:
+        raise BadInput(f"{path}: cannot read ({exc.strerror})", "check the path") from exc
+
+
+def builtin_names() -> list[str]:
+    folder = resources.files("vlmsurgeon.presets")
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def builtin_text(name: str) -> str:
+    return resources.files("vlmsurgeon.presets").joinpath(f"{name}.yaml").read_text(encoding="utf-8")
+
+
+def load_preset(name_or_path: str) -> Preset:
+    """A built-in name (`lm-lora`) or a path to the user's own YAML file."""
+    path = Path(name_or_path)
+    if name_or_path in builtin_names():
+        return parse_preset(yaml.safe_load(builtin_text(name_or_path)), f"preset '{name_or_path}'")
+    if path.is_file():
+        return parse_preset(read_yaml(path), str(path))
+    raise BadInput(f"preset '{name_or_path}': neither a built-in nor a file",
+                   "one of " + ", ".join(builtin_names()) + ", or a path to a YAML file")
+
+
+def freeze_preset(freeze: str, present: list[str], quantize: tuple[str, ...] = ("lm",)) -> Preset:
+    """`--freeze vision,merger`: those frozen, the rest trained the default way: LoRA where
+    4-bit (the LM by default), full otherwise. The head follows the LM: frozen when the LM
+    trains with LoRA (peft's all-linear leaves the output layer out), full when it trains full."""
+    names = [n.strip() for n in freeze.split(",") if n.strip()]
+    unknown = [n for n in names if n not in ALL_COMPONENTS]
+    if unknown or not names:
+        raise BadInput(f"--freeze: unknown component(s) {', '.join(unknown) or '(none given)'}",
+                       "valid: " + ", ".join(ALL_COMPONENTS))
+    components: dict[str, dict[str, Any]] = {}
+    for component in present:
+        if component in names or component == "head":
+            continue
+        components[component] = {"mode": "lora" if component in quantize else "full"}
+    if "head" not in names and "head" in present:
+        lm_mode = components.get("lm", {}).get("mode", "frozen")
+        components["head"] = {"mode": "full" if lm_mode == "full" else "frozen"}
+    return parse_preset({"name": f"freeze:{','.join(names)}", "components": components,
+                         "quantize": list(quantize)}, "--freeze")
