@@ -25,6 +25,15 @@ PREFIXES = {
                   "lm": ["model.language_model."], "head": []},  # head tied to the embeddings
     "idefics3": {"vision": ["model.vision_model."], "merger": ["model.connector."],
                  "lm": ["model.text_model."], "head": ["lm_head."]},
+    "qwen2_5_vl": {"vision": ["model.visual."], "merger": ["model.visual.merger."],
+                   "lm": ["model.language_model."], "head": ["lm_head."]},
+    "llava_next": {"vision": ["model.vision_tower."],
+                   "merger": ["model.multi_modal_projector.", "model.image_newline"],
+                   "lm": ["model.language_model."], "head": ["lm_head."]},
+    "gemma3": {"vision": ["model.vision_tower."], "merger": ["model.multi_modal_projector."],
+               "lm": ["model.language_model."], "head": []},
+    "internvl": {"vision": ["model.vision_tower."], "merger": ["model.multi_modal_projector."],
+                 "lm": ["model.language_model."], "head": []},
 }
 FAMILIES = sorted(PREFIXES)
 PRESETS = builtin_names() + ["--freeze vision", "--freeze vision,merger"]
