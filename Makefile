@@ -18,12 +18,15 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+	HF_HUB_OFFLINE=1 HF_HUB_DISABLE_PROGRESS_BARS=1 $(PY) -m pytest -q
 
 demo: $(STAMP)
 	$(VENV)/bin/vlmsurgeon inspect examples/qwen3-vl-235b-a22b --depth 4
 	rm -rf demo-out && HF_HUB_DISABLE_PROGRESS_BARS=1 $(VENV)/bin/vlmsurgeon tiny qwen2_vl -o demo-out/tiny-qwen2-vl
 	$(VENV)/bin/vlmsurgeon inspect demo-out/tiny-qwen2-vl --depth 3
+	$(PY) examples/make_shapes.py demo-out/shapes
+	$(VENV)/bin/vlmsurgeon plan --config examples/vlmsurgeon.yaml --freeze vision
+	HF_HUB_DISABLE_PROGRESS_BARS=1 $(VENV)/bin/vlmsurgeon finetune --config examples/vlmsurgeon.yaml --freeze vision
 
 bench: $(STAMP)
 	$(PY) bench/inspect_bench.py

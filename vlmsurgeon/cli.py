@@ -114,6 +114,46 @@ def plan(
         print_plan(result)
 
 
+@app.command()
+def finetune(
+    model: Optional[str] = typer.Argument(None, help="Local model directory (or set model: in the config)."),
+    data: Optional[str] = typer.Option(None, "--data", help="JSONL (messages / conversations) or a datasets dir."),
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="Run directory."),
+    preset: Optional[str] = typer.Option(None, "--preset", "-p", help="Built-in name or YAML file."),
+    freeze: Optional[str] = typer.Option(None, "--freeze", help="Components to freeze, e.g. vision."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="RUN.yaml with any of these options."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Optimizer steps (overrides --epochs)."),
+    epochs: Optional[float] = typer.Option(None, "--epochs", help="Passes over the data. [1]"),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate where the preset sets none. [2e-4]"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Samples per device and step. [1]"),
+    grad_accum: Optional[int] = typer.Option(None, "--grad-accum", help="Gradient accumulation steps. [1]"),
+    seq_len: Optional[int] = typer.Option(None, "--seq-len", help="Max tokens per sample. [2048]"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed. [0]"),
+    eval_data: Optional[str] = typer.Option(None, "--eval-data", help="Evaluation data, evaluated each epoch."),
+    save_every: Optional[int] = typer.Option(None, "--save-every", help="Checkpoint every N steps."),
+    quantize: Optional[str] = typer.Option(None, "--quantize", help="4bit (NF4, default) or none (plain LoRA)."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="auto (bf16 on GPU, fp32 on CPU), bf16, fp32."),
+    no_ckpt: bool = typer.Option(False, "--no-gradient-checkpointing", help="Turn gradient checkpointing off."),
+    skip_bad_rows: bool = typer.Option(False, "--skip-bad-rows", help="Train without the rows that fail validation."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the newest complete checkpoint."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code"),
+) -> None:
+    """QLoRA fine-tuning: 4-bit NF4 base, LoRA and full components from the preset, checkpoints, resume."""
+    _quiet_libraries()
+    from .runconfig import merge_options
+    from .train import finetune as run
+
+    opts = merge_options(config, model=model, data=data, output=out, preset=preset, freeze=freeze,
+                         steps=steps, epochs=epochs, lr=lr, batch_size=batch_size, grad_accum=grad_accum,
+                         seq_len=seq_len, seed=seed, eval_data=eval_data, save_every=save_every,
+                         quantize=quantize, dtype=dtype, skip_bad_rows=skip_bad_rows or None,
+                         gradient_checkpointing=False if no_ckpt else None)
+    result = run(opts, resume=resume, trust_remote_code=trust_remote_code)
+    loss = f", final loss {result.final_loss:.4f}" if result.final_loss is not None else ""
+    skipped = f", skipped {result.skipped_rows} bad row(s)" if result.skipped_rows else ""
+    print(f"{result.run_dir}: {result.global_step} steps{loss}{skipped}")
+
+
 @budget_app.command("check")
 def budget_check(
     budget: Path = typer.Argument(..., help="BUDGET.yaml: models, presets and limits."),

@@ -44,10 +44,15 @@ class Applied:
     modules_to_save: list[str]
     loose_trainable: list[str]
     notes: list[str] = field(default_factory=list)
+    component_of: dict[str, str] = field(default_factory=dict)
 
     @property
     def trainable(self) -> int:
         return sum(c.trainable for c in self.components.values())
+
+    def component(self, name: str) -> str:
+        """The component of a (possibly peft-prefixed) parameter name."""
+        return _owner(base_name(name), self.component_of)
 
 
 def classified_tree(model: Any, model_type: str | None) -> Node:
@@ -111,6 +116,14 @@ def _full_roots(tree: Node, below: dict[str, set[str]], component: str) -> tuple
     return sorted(roots), loose
 
 
+def unquantized_roots(tree: Node, quantize: list[str]) -> list[str]:
+    """Largest modules holding no parameter of a quantized component: what bitsandbytes must
+    skip so that only the preset's 4-bit components are converted."""
+    below = _subtree_components(tree)
+    return sorted(r for comp in below.get("", set()) if comp not in quantize
+                  for r in _full_roots(tree, below, comp)[0])
+
+
 def present_components(tree: Node) -> list[str]:
     below = _subtree_components(tree)
     return sorted(below.get("", set()) - {"other"})
@@ -165,8 +178,10 @@ def apply_preset(model: Any, preset: Preset, model_type: str | None, tree: Node 
     params = dict(model.named_parameters())
     for name in sel.loose:
         params[_peft_name(model, name)].requires_grad_(True)
-    applied = Applied(model, preset, sel.tree, {}, sel.targets, sel.modules_to_save, sel.loose, sel.notes)
-    applied.components = _count(model, sel.tree, preset, sel.targets, sel.full_roots)
+    applied = Applied(model, preset, sel.tree, {}, sel.targets, sel.modules_to_save, sel.loose,
+                      sel.notes, _component_map(sel.tree))
+    applied.components = _count(model, sel.tree, applied.component_of, preset, sel.targets,
+                                 sel.full_roots)
     return applied
 
 
@@ -250,14 +265,18 @@ def _totals(tree: Node, preset: Preset) -> dict[str, ComponentState]:
     return states
 
 
-def _count(model: Any, tree: Node, preset: Preset, targets: dict[str, list[str]],
-           full_roots: dict[str, list[str]]) -> dict[str, ComponentState]:
+def _component_map(tree: Node) -> dict[str, str]:
     component_of: dict[str, str] = {}
     for node in tree.walk():
         for p in node.params:
             component_of[p.name] = param_component(node, p.name)
         if node.component:
             component_of[node.path] = node.component
+    return component_of
+
+
+def _count(model: Any, tree: Node, component_of: dict[str, str], preset: Preset,
+           targets: dict[str, list[str]], full_roots: dict[str, list[str]]) -> dict[str, ComponentState]:
     states = _totals(tree, preset)
     seen: set[int] = set()
     for name, param in model.named_parameters():

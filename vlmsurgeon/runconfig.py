@@ -4,7 +4,7 @@ present). Flags given on the command line override the file."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -15,6 +15,8 @@ DEFAULT_FILE = "vlmsurgeon.yaml"
 
 
 class RunOptions(BaseModel):
+    """Options of `plan` and `finetune`; one RUN.yaml serves both."""
+
     model_config = ConfigDict(extra="forbid")
 
     model: Optional[str] = None
@@ -24,12 +26,30 @@ class RunOptions(BaseModel):
     batch_size: int = Field(default=1, gt=0)
     image_tokens: int = Field(default=256, ge=0)
     gradient_checkpointing: bool = True
+    # finetune only
+    data: Optional[str] = None
+    eval_data: Optional[str] = None
+    output: Optional[str] = None
+    steps: Optional[int] = Field(default=None, gt=0)
+    epochs: float = Field(default=1.0, gt=0)
+    lr: float = Field(default=2e-4, gt=0)
+    grad_accum: int = Field(default=1, gt=0)
+    seed: int = 0
+    save_every: Optional[int] = Field(default=None, gt=0)
+    quantize: Literal["4bit", "none"] = "4bit"
+    dtype: Literal["auto", "bf16", "fp32"] = "auto"
+    warmup_ratio: float = Field(default=0.0, ge=0, lt=1)
+    skip_bad_rows: bool = False
+
+    def require(self, key: str, flag: str) -> str:
+        value = getattr(self, key)
+        if not value:
+            raise BadInput(f"no {key} given",
+                           f"pass {flag}, or set `{key}:` in --config RUN.yaml or ./{DEFAULT_FILE}")
+        return str(value)
 
     def require_model(self) -> str:
-        if not self.model:
-            raise BadInput("no model given",
-                           f"pass MODEL, or set `model:` in --config RUN.yaml or ./{DEFAULT_FILE}")
-        return self.model
+        return self.require("model", "MODEL")
 
 
 def merge_options(config: Path | None, **flags: Any) -> RunOptions:

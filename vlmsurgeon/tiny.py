@@ -83,9 +83,8 @@ def build_config(family: Family, tokenizer: Any) -> Any:
     tid = tokenizer.convert_tokens_to_ids
     vocab = len(tokenizer)
     config = getattr(transformers, family.config_class)(**family.config(tid, vocab))
-    ids = {"pad_token_id": tid(family.pad), "eos_token_id": tid(family.eos)}
-    if family.bos:
-        ids["bos_token_id"] = tid(family.bos)
+    ids = {"pad_token_id": tid(family.pad), "eos_token_id": tid(family.eos),
+           "bos_token_id": tid(family.bos) if family.bos else None}
     for target in (config, getattr(config, "text_config", None)):
         for key, value in ids.items():
             if target is not None:

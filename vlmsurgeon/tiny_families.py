@@ -10,6 +10,8 @@ from typing import Any, Callable
 TEXT: dict[str, Any] = {
     "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
     "num_key_value_heads": 2, "head_dim": 16, "max_position_embeddings": 1024,
+    # wide enough initial weights that a frozen head can still express a confident answer
+    "initializer_range": 0.2,
 }
 VISION: dict[str, Any] = {
     "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,

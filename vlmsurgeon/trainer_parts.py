@@ -1,0 +1,182 @@
+"""The pieces we add to transformers' Trainer: per-component learning rates, a rich progress
+bar on stderr, a JSONL log, checkpoints marked complete, and a clean stop on Ctrl-C."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_callback import PrinterCallback
+
+COMPLETE = ".vlmsurgeon-complete"
+
+
+class ComponentTrainer(Trainer):
+    """Trainer with AdamW parameter groups per component learning rate (from the preset),
+    counting the tokens it trains on for tokens/s."""
+
+    def __init__(self, *args: Any, applied: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.applied = applied
+        self.tokens_seen = 0
+
+    def create_optimizer(self, model: Any = None) -> Any:
+        import torch
+
+        if self.optimizer is None:
+            groups: dict[float, list[Any]] = {}
+            for name, param in self.model.named_parameters():
+                if param.requires_grad:
+                    lr = self.applied.preset.spec(self.applied.component(name)).lr or self.args.learning_rate
+                    groups.setdefault(lr, []).append(param)
+            self.optimizer = torch.optim.AdamW(
+                [{"params": params, "lr": lr} for lr, params in groups.items()],
+                lr=self.args.learning_rate, weight_decay=self.args.weight_decay)
+        return self.optimizer
+
+    def training_step(self, model: Any, inputs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        mask = inputs.get("attention_mask")
+        if mask is not None:
+            self.tokens_seen += int(mask.sum())
+        return super().training_step(model, inputs, *args, **kwargs)
+
+
+def make_trainer(applied: Any, opts: Any, output_dir: Path, train: list[Any], evaluation: list[Any] | None,
+                 collator: Any, callbacks: list[Any]) -> ComponentTrainer:
+    import torch
+
+    save = {"save_strategy": "steps", "save_steps": opts.save_every} if opts.save_every else {
+        "save_strategy": "no"}
+    args = TrainingArguments(
+        output_dir=str(output_dir), per_device_train_batch_size=opts.batch_size,
+        per_device_eval_batch_size=opts.batch_size, gradient_accumulation_steps=opts.grad_accum,
+        learning_rate=opts.lr, max_steps=opts.steps or -1, num_train_epochs=opts.epochs,
+        warmup_steps=opts.warmup_ratio, lr_scheduler_type="linear", logging_steps=1,
+        seed=opts.seed, data_seed=opts.seed, report_to=[], disable_tqdm=True,
+        remove_unused_columns=False, dataloader_num_workers=0, save_total_limit=None,
+        eval_strategy="epoch" if evaluation else "no", use_cpu=not torch.cuda.is_available(),
+        bf16=torch.cuda.is_available() and opts.dtype != "fp32", gradient_checkpointing=False,
+        ddp_find_unused_parameters=False, **save,
+    )
+    trainer = ComponentTrainer(model=applied.model, args=args, train_dataset=train,
+                               eval_dataset=evaluation, data_collator=collator, callbacks=callbacks,
+                               applied=applied)
+    trainer.remove_callback(PrinterCallback)  # it prints logs to stdout; results go there
+    for callback in callbacks:
+        if hasattr(callback, "trainer"):
+            callback.trainer = trainer
+    return trainer
+
+
+class Progress(TrainerCallback):
+    """step, loss, lr, tokens/s and ETA on stderr (rich), main process only."""
+
+    def __init__(self) -> None:
+        self.bar: Any = None
+        self.task: Any = None
+        self.started = 0.0
+        self.trainer: Any = None
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if not state.is_world_process_zero:
+            return
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn, TimeRemainingColumn
+
+        self.bar = Bar(TextColumn("train"), BarColumn(), MofNCompleteColumn(),
+                       TextColumn("{task.fields[info]}"), TimeRemainingColumn(),
+                       console=Console(stderr=True), transient=False)
+        self.task = self.bar.add_task("train", total=state.max_steps, completed=state.global_step, info="")
+        self.started = time.perf_counter()
+        self.bar.start()
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        if self.bar is None or not logs or "loss" not in logs:
+            return
+        elapsed = max(time.perf_counter() - self.started, 1e-9)
+        info = f"loss {logs['loss']:.4f} · lr {logs.get('learning_rate', 0):.2e}"
+        if self.trainer is not None:
+            info += f" · {self.trainer.tokens_seen / elapsed:,.0f} tok/s"
+        self.bar.update(self.task, completed=state.global_step, info=info)
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, completed=state.global_step)
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+
+
+class JsonlLog(TrainerCallback):
+    """One JSON object per logged step in RUN/log.jsonl (main process only)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.started = time.perf_counter()
+        self.trainer: Any = None
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        if not state.is_world_process_zero or not logs:
+            return
+        elapsed = time.perf_counter() - self.started
+        record = {"step": state.global_step, "epoch": state.epoch, "elapsed_s": round(elapsed, 3), **logs}
+        if self.trainer is not None:
+            record["tokens"] = self.trainer.tokens_seen
+            record["tokens_per_s"] = round(self.trainer.tokens_seen / max(elapsed, 1e-9), 1)
+        with self.path.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+
+class MarkComplete(TrainerCallback):
+    """Trainer writes checkpoints in place; a checkpoint counts only once this marker is on
+    disk (written and fsynced after every other file), so resume never takes a torn one."""
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if not state.is_world_process_zero:
+            return
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if folder.is_dir():
+            for file in folder.iterdir():
+                if file.is_file():
+                    with file.open("rb") as fh:
+                        os.fsync(fh.fileno())
+            marker = folder / COMPLETE
+            with marker.open("w") as fh:
+                fh.write(json.dumps({"step": state.global_step}))
+                fh.flush()
+                os.fsync(fh.fileno())
+
+
+class StopOnSignal(TrainerCallback):
+    """First Ctrl-C (or SIGTERM): save a checkpoint at the end of this step, then stop.
+    A second one interrupts at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        previous = {s: signal.signal(s, self._handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.requested:
+            control.should_save = True
+            control.should_training_stop = True
