@@ -5,6 +5,7 @@ only when on disk, `--resume` continues from the newest complete one, Ctrl-C sav
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,8 +61,9 @@ def _check_run_dir(run_dir: Path, resume: bool) -> Path | None:
             raise BadInput(f"--resume: no complete checkpoint in {run_dir / CHECKPOINTS}",
                            "start without --resume, or point -o at the run to continue")
         return checkpoint
+    main_process = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 checks for all
     leftovers = [p.name for p in run_dir.iterdir() if p.name != REPORT] if run_dir.is_dir() else []
-    if leftovers:
+    if leftovers and main_process:
         raise BadInput(f"run directory '{run_dir}' is not empty",
                        "pass --resume to continue it, or choose another -o")
     return None
@@ -99,7 +101,7 @@ def load_for_training(reference: str, opts: RunOptions, preset: Any, tree: Any, 
 
 
 def finetune(opts: RunOptions, *, resume: bool = False, trust_remote_code: bool = False) -> FinetuneResult:
-    from transformers import AutoProcessor
+    from transformers import AutoProcessor, set_seed
 
     from .collate import Collator
     from .freeze import apply_preset, classified_tree, present_components
@@ -129,6 +131,7 @@ def finetune(opts: RunOptions, *, resume: bool = False, trust_remote_code: bool 
     elif opts.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
+    set_seed(opts.seed)  # LoRA initialisation draws from the RNG: same seed, same adapter
     applied = apply_preset(model, preset, source.model_type)
     run_dir.mkdir(parents=True, exist_ok=True)
     stop = StopOnSignal()
@@ -144,7 +147,8 @@ def finetune(opts: RunOptions, *, resume: bool = False, trust_remote_code: bool 
     if trainer.is_world_process_zero():
         write_run_outputs(run_dir, applied, processor, opts=opts, source=source, data=data,
                           quantized=bool(quantized), global_step=trainer.state.global_step,
-                          final_loss=final_loss, train_loss=output.training_loss)
+                          final_loss=final_loss, train_loss=output.training_loss,
+                          world_size=trainer.args.world_size)
     return FinetuneResult(run_dir, trainer.state.global_step, final_loss, applied, len(data.bad))
 
 
