@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -152,6 +153,94 @@ def finetune(
     loss = f", final loss {result.final_loss:.4f}" if result.final_loss is not None else ""
     skipped = f", skipped {result.skipped_rows} bad row(s)" if result.skipped_rows else ""
     print(f"{result.run_dir}: {result.global_step} steps{loss}{skipped}")
+
+
+def _size(text: str) -> int:
+    from .budget import parse_amount
+
+    try:
+        return int(parse_amount(text.replace("iB", "IB"), "memory")[0])
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+
+
+def _components(text: Optional[str]) -> Optional[list[str]]:
+    from .components import ALL_COMPONENTS
+    from .errors import BadInput
+
+    if text is None:
+        return None
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in ALL_COMPONENTS]
+    if unknown or not names:
+        raise BadInput(f"--only: unknown component(s) {', '.join(unknown) or '(none)'}",
+                       "valid: " + ", ".join(ALL_COMPONENTS))
+    return names
+
+
+@app.command()
+def merge(
+    source: Path = typer.Argument(..., help="Run directory (finetune -o) or a peft adapter directory."),
+    out: Path = typer.Option(..., "--out", "-o", help="Export directory (built beside it, renamed at the end)."),
+    base: Optional[str] = typer.Option(None, "--base", help="Base checkpoint (default: the run's base)."),
+    dtype: str = typer.Option("bf16", "--dtype", help="bf16, fp16 or fp32."),
+    target: str = typer.Option("dequantized", "--target",
+                               help="QLoRA runs: merge into the NF4-dequantized weights the adapter was "
+                                    "trained against (dequantized) or into the original weights (original)."),
+    max_shard_size: str = typer.Option("5GB", "--max-shard-size", help="Largest output shard."),
+    only: Optional[str] = typer.Option(None, "--only", help="Merge/export only these components, e.g. lm."),
+    adapter_only: bool = typer.Option(False, "--adapter-only", help="Export a (subset) adapter, not a checkpoint."),
+    verify: bool = typer.Option(False, "--verify", help="Probe the export against the model as trained."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing OUT."),
+) -> None:
+    """Merge adapters into the base and export a checkpoint that plain transformers loads."""
+    _quiet_libraries()
+    from .errors import BadInput, CheckFailed
+    from .merge import DTYPES, TARGETS, MergePlan, export_adapter, load_trained, merge as run_merge
+
+    if dtype not in DTYPES:
+        raise BadInput(f"--dtype {dtype}: unknown", "one of " + ", ".join(DTYPES))
+    if target not in TARGETS:
+        raise BadInput(f"--target {target}: unknown", "one of " + ", ".join(TARGETS))
+    components = _components(only)
+    if adapter_only:
+        if not components:
+            raise BadInput("--adapter-only needs --only", "e.g. --adapter-only --only lm")
+        print(json.dumps(export_adapter(source, out, components, base=base, force=force)))
+        return
+    plan = MergePlan(target=target, dtype=dtype, only=components, max_shard_bytes=_size(max_shard_size))
+    summary = run_merge(source, out, base=base, plan=plan, force=force)
+    print(f"{out}: merged {summary['lora_modules_merged']} LoRA modules and {summary['full_tensors']} "
+          f"trained tensors into the {summary['target']} weights, {summary['shards']} shard(s), {dtype}")
+    if verify:
+        from .verify import verify as run_verify
+
+        verdict = run_verify(out, load_trained(source, base), dtype, summary["target"])
+        trained = f"{verdict.vs_trained:.3g}" if verdict.vs_trained is not None else "n/a (not a QLoRA run)"
+        print(f"verify: max |Δlogit| vs model as trained: {trained}; vs original base + adapter: "
+              f"{verdict.vs_original:.3g} (tolerance {verdict.tolerance:g} × {verdict.scale:.3g}, "
+              f"checked against the {verdict.gate} model)")
+        if not verdict.ok:
+            raise CheckFailed("verify: the export does not reproduce the trained model within tolerance",
+                              "compare --target dequantized/original, or export --dtype fp32")
+
+
+@app.command()
+def diff(
+    a: Path = typer.Argument(..., help="Checkpoint (or run directory)."),
+    b: Path = typer.Argument(..., help="Checkpoint or run directory."),
+    as_json: bool = typer.Option(False, "--json", help="Print the diff as JSON only."),
+) -> None:
+    """What changed between two checkpoints (or a checkpoint and a run), per component."""
+    _quiet_libraries()
+    from .diff import diff as run_diff
+    from .render import diff_table, make_console, print_json
+
+    result = run_diff(a, b)
+    if as_json:
+        print_json(result.to_json())
+    else:
+        make_console().print(diff_table(result))
 
 
 @budget_app.command("check")

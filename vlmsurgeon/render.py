@@ -198,3 +198,17 @@ def budget_table(result: Any) -> Table:
         verdict = "[green]ok[/green]" if r.ok else "[bold red]FAIL[/bold red]"
         table.add_row(escape(r.model), escape(r.describe()), figure, verdict)
     return table
+
+
+def diff_table(result: Any) -> Table:
+    table = Table(title=f"diff {result.a} → {result.b}", title_justify="left")
+    for col in ("component", "tensors", "changed", "max |Δ|", "relative ‖Δ‖"):
+        table.add_column(col, justify="left" if col == "component" else "right")
+    for name, d in result.components.items():
+        color = COLORS.get(name, "white")
+        table.add_row(f"[{color}]{name}[/{color}]", str(d.compared), str(d.changed),
+                      f"{d.max_abs:.3g}", f"{d.relative:.3g}")
+    if result.only_in_a or result.only_in_b or result.shape_mismatch:
+        table.caption = (f"only in A: {len(result.only_in_a)}, only in B: {len(result.only_in_b)}, "
+                         f"shape mismatch: {len(result.shape_mismatch)}")
+    return table

@@ -148,7 +148,8 @@ def finetune(opts: RunOptions, *, resume: bool = False, trust_remote_code: bool 
         write_run_outputs(run_dir, applied, processor, opts=opts, source=source, data=data,
                           quantized=bool(quantized), global_step=trainer.state.global_step,
                           final_loss=final_loss, train_loss=output.training_loss,
-                          world_size=trainer.args.world_size)
+                          world_size=trainer.args.world_size,
+                          compute_dtype="bf16" if str(_dtype(opts)) == "torch.bfloat16" else "fp32")
     return FinetuneResult(run_dir, trainer.state.global_step, final_loss, applied, len(data.bad))
 
 

@@ -1,0 +1,138 @@
+"""`diff A B`: what changed, per component — tensors compared and changed, max |Δ|, relative
+Frobenius change. A and B are checkpoints or run directories (a run is its base with the run's
+changes applied). Streaming: one tensor of each side in memory at a time."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import BadInput
+
+
+class CheckpointSource:
+    """Tensors of a saved checkpoint, by in-memory parameter name."""
+
+    def __init__(self, path: Path) -> None:
+        from safetensors import safe_open
+
+        from .merge import base_files, key_map
+
+        self.path = path
+        self.files = base_files(path)
+        self.where: dict[str, tuple[Path, str]] = {}
+        disk: list[tuple[Path, str]] = []
+        for file in self.files:
+            with safe_open(str(file), "pt") as handle:
+                disk.extend((file, k) for k in handle.keys())
+        keys, _, self.model = key_map(path, [k for _, k in disk])
+        self.where = {keys[k]: (f, k) for f, k in disk}
+        self._handles: dict[Path, Any] = {}
+
+    def names(self) -> set[str]:
+        return set(self.where)
+
+    def get(self, name: str) -> Any:
+        from safetensors import safe_open
+
+        file, key = self.where[name]
+        if file not in self._handles:
+            self._handles[file] = safe_open(str(file), "pt")
+        return self._handles[file].get_tensor(key)
+
+
+class RunSource:
+    """A run directory seen as a checkpoint: its base, with the run's LoRA deltas (on the
+    original weights) and fully trained tensors applied."""
+
+    def __init__(self, path: Path) -> None:
+        from .merge import load_trained
+
+        self.trained = load_trained(path, None)
+        self.base = CheckpointSource(self.trained.base)
+        self.model = self.base.model
+
+    def names(self) -> set[str]:
+        return self.base.names()
+
+    def get(self, name: str) -> Any:
+        if name in self.trained.full:
+            return self.trained.full[name]
+        tensor = self.base.get(name)
+        module = name.removesuffix(".weight")
+        if name.endswith(".weight") and module in self.trained.lora:
+            a, b, scale = self.trained.lora[module]
+            tensor = (tensor.float() + scale * (b.float() @ a.float())).to(tensor.dtype)
+        return tensor
+
+
+def open_source(path: Path) -> Any:
+    if not path.is_dir():
+        raise BadInput(f"'{path}': no such directory", "pass two checkpoints or a checkpoint and a run dir")
+    record = path / "vlmsurgeon.json"
+    if record.is_file() and "vlmsurgeon_merge" not in json.loads(record.read_text()):
+        return RunSource(path)
+    return CheckpointSource(path)
+
+
+@dataclass
+class ComponentDiff:
+    compared: int = 0
+    changed: int = 0
+    max_abs: float = 0.0
+    sq_delta: float = 0.0
+    sq_base: float = 0.0
+    changed_names: list[str] = field(default_factory=list)
+
+    @property
+    def relative(self) -> float:
+        return math.sqrt(self.sq_delta) / math.sqrt(self.sq_base) if self.sq_base else 0.0
+
+
+@dataclass
+class DiffResult:
+    a: str
+    b: str
+    components: dict[str, ComponentDiff]
+    only_in_a: list[str]
+    only_in_b: list[str]
+    shape_mismatch: list[str]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"a": self.a, "b": self.b, "only_in_a": self.only_in_a, "only_in_b": self.only_in_b,
+                "shape_mismatch": self.shape_mismatch,
+                "components": {c: {"tensors": d.compared, "changed": d.changed, "max_abs_change": d.max_abs,
+                                   "relative_frobenius": d.relative, "changed_tensors": d.changed_names[:20]}
+                               for c, d in self.components.items()}}
+
+
+def diff(a_path: Path, b_path: Path) -> DiffResult:
+    import torch
+
+    from .freeze import _component_map, _owner, classified_tree
+
+    a, b = open_source(a_path), open_source(b_path)
+    component_of = _component_map(classified_tree(a.model, a.model.config.model_type))
+    names_a, names_b = a.names(), b.names()
+    result = DiffResult(str(a_path), str(b_path), {}, sorted(names_a - names_b), sorted(names_b - names_a), [])
+    for name in sorted(names_a & names_b):
+        ta, tb = a.get(name), b.get(name)
+        comp = _owner(name, component_of)
+        stats = result.components.setdefault(comp, ComponentDiff())
+        stats.compared += 1
+        if ta.shape != tb.shape:
+            result.shape_mismatch.append(name)
+            continue
+        if torch.equal(ta, tb.to(ta.dtype)) and ta.dtype == tb.dtype:
+            stats.sq_base += float(ta.float().pow(2).sum())
+            continue
+        delta = tb.float() - ta.float()
+        stats.changed += 1
+        stats.changed_names.append(name)
+        stats.max_abs = max(stats.max_abs, float(delta.abs().max()))
+        stats.sq_delta += float(delta.pow(2).sum())
+        stats.sq_base += float(ta.float().pow(2).sum())
+    return result

@@ -1,0 +1,92 @@
+"""`merge --verify`: run one image + text probe through the export, through the model as
+trained (4-bit base + adapter, for QLoRA runs) and through the original base + adapter."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# Allowed max |Δlogit|, relative to the largest reference logit, by export dtype: fp32 is
+# round-off; 16-bit exports carry one rounding of every weight (bf16 keeps 8 bits of mantissa).
+TOLERANCE = {"fp32": 1e-5, "fp16": 5e-3, "bf16": 4e-2}
+
+
+@dataclass
+class Verdict:
+    vs_original: float
+    vs_trained: float | None
+    scale: float
+    gate: str  # which comparison decides
+    tolerance: float
+
+    @property
+    def ok(self) -> bool:
+        value = self.vs_trained if self.gate == "trained" and self.vs_trained is not None else self.vs_original
+        return value <= self.tolerance * self.scale
+
+
+def probe_inputs(processor: Any) -> dict[str, Any]:
+    from PIL import Image
+
+    image = Image.new("RGB", (48, 40))
+    image.putdata([((x * 5) % 256, (y * 7) % 256, (x * y) % 256) for y in range(40) for x in range(48)])
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is in the picture?"}]}]
+    text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return dict(processor(images=[image], text=[text], return_tensors="pt"))
+
+
+def _logits(model: Any, inputs: dict[str, Any]) -> Any:
+    import torch
+
+    with torch.no_grad():
+        return model.eval()(**inputs).logits.float()
+
+
+def _with_adapter(base: Path, trained: Any, **kwargs: Any) -> Any:
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModelForImageTextToText
+
+    model = AutoModelForImageTextToText.from_pretrained(base, dtype=torch.float32, **kwargs)
+    if trained.adapter_dir:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, trained.adapter_dir)
+    extra = trained.run_dir / "trained_components.safetensors" if trained.run_dir else None
+    if extra and extra.is_file():
+        params = dict(model.named_parameters())
+        for name, tensor in load_file(str(extra)).items():
+            target = params.get(name) or params.get(f"base_model.model.{name}")
+            target.data.copy_(tensor)
+    return model
+
+
+def verify(out: Path, trained: Any, dtype: str, target: str) -> Verdict:
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor, BitsAndBytesConfig
+
+    from .freeze import unquantized_roots, classified_tree
+
+    processor = AutoProcessor.from_pretrained(out)
+    inputs = probe_inputs(processor)
+    merged = _logits(AutoModelForImageTextToText.from_pretrained(out, dtype=torch.float32), inputs)
+    original = _logits(_with_adapter(trained.base, trained), inputs)
+    as_trained = None
+    if trained.quantized_components:
+        from .inspection import meta_model
+
+        _, meta = meta_model(str(trained.base))
+        keep = unquantized_roots(classified_tree(meta, meta.config.model_type), trained.quantized_components)
+        import re
+
+        quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                   bnb_4bit_compute_dtype=torch.float32,
+                                   llm_int8_skip_modules=[re.escape(k) for k in keep] or None)
+        as_trained = _logits(_with_adapter(trained.base, trained, quantization_config=quant), inputs)
+    scale = max(1.0, float(original.abs().max()))
+    return Verdict(
+        vs_original=float((merged - original).abs().max()),
+        vs_trained=float((merged - as_trained).abs().max()) if as_trained is not None else None,
+        scale=scale, gate="trained" if (as_trained is not None and target == "dequantized") else "original",
+        tolerance=TOLERANCE[dtype])
