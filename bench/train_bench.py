@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -46,7 +45,8 @@ def build(workdir: Path, hidden: int, layers: int) -> Path:
 
 
 def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # VmHWM, not ru_maxrss: the latter survives fork+exec and counts the parent's memory
+    return int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0]) / 1024
 
 
 def run_ours(model: Path, data: Path, out: Path, steps: int) -> dict:

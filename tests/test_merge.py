@@ -159,15 +159,19 @@ def big_checkpoint(directory: Path) -> tuple[Path, Path, int]:
     return base, adapter, size
 
 
+# VmRSS / VmHWM of this process only (ru_maxrss would include the forking parent's memory)
 MEASURE = """
-import resource, sys, json
+import sys, json
 from pathlib import Path
+def status(key):
+    return int(open("/proc/self/status").read().split(key + ":")[1].split()[0]) * 1024
 import torch, transformers, safetensors, peft, bitsandbytes
 from vlmsurgeon.merge import merge, MergePlan
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+from vlmsurgeon.inspection import meta_model
+meta_model(str(json.load(open(sys.argv[1] + "/adapter_config.json"))["base_model_name_or_path"]))
+before = status("VmHWM")
 merge(Path(sys.argv[1]), Path(sys.argv[2]), plan=MergePlan(dtype="fp32", max_shard_bytes=45 * 10**6))
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-print(json.dumps({"before": before, "after": after}))
+print(json.dumps({"before": before, "after": status("VmHWM")}))
 """
 
 

@@ -142,18 +142,19 @@ class MergePlan:
     compute_dtype: str = "float32"
 
 
-def merged_tensors(trained: Trained, files: list[Path], plan: MergePlan,
+def merged_tensors(trained: Trained, order: list[tuple[Path, str]], plan: MergePlan,
                    keys: dict[str, str], component: Any) -> Iterator[tuple[str, Any]]:
-    """(on-disk name, merged tensor) for every base tensor, one input shard at a time."""
+    """(on-disk name, merged tensor) for every base tensor, in `order`, one input file open at
+    a time and one tensor in hand."""
     import torch
-    from safetensors import safe_open
 
     out_dtype = getattr(torch, DTYPES[plan.dtype])
     compute = getattr(torch, plan.compute_dtype)
+    files = list(dict.fromkeys(path for path, _ in order))
     for path in files:
-        with safe_open(str(path), "pt") as handle:
-            for disk_key in handle.keys():
-                tensor = handle.get_tensor(disk_key)
+        with TensorReader(path) as handle:
+            for disk_key in (k for p, k in order if p == path):
+                tensor = handle.get(disk_key)
                 name = keys[disk_key]
                 module = name.removesuffix(".weight")
                 comp = component(name)
@@ -171,38 +172,106 @@ def merged_tensors(trained: Trained, files: list[Path], plan: MergePlan,
                 yield disk_key, tensor.contiguous()
 
 
-def write_shards(tensors: Iterator[tuple[str, Any]], out: Path, max_bytes: int) -> dict[str, str]:
-    """Greedy sharding, never holding more than one output shard; returns the weight map."""
-    from safetensors.torch import save_file
+class TensorReader:
+    """Reads one tensor at a time with plain reads (safe_open maps the whole file, and every
+    page it touches stays in the process's resident set until the file is closed)."""
 
-    pending: dict[str, Any] = {}
-    size, parts = 0, []
+    def __init__(self, path: Path) -> None:
+        from .sources import read_header
 
-    def flush() -> None:
-        nonlocal pending, size
-        if pending:
-            part = out / f".part-{len(parts):05d}.safetensors"
-            save_file(pending, str(part), metadata={"format": "pt"})
-            parts.append((part, list(pending)))
-            pending, size = {}, 0
+        self.header = read_header(path)
+        self.file = path.open("rb")
+        self.start = 8 + int.from_bytes(self.file.read(8), "little")
 
-    for name, tensor in tensors:
-        nbytes = tensor.numel() * tensor.element_size()
-        if pending and size + nbytes > max_bytes:
-            flush()
-        pending[name] = tensor
+    def get(self, name: str) -> Any:
+        import torch
+
+        entry = self.header[name]
+        begin, end = entry["data_offsets"]
+        buffer = bytearray(end - begin)
+        self.file.seek(self.start + begin)
+        self.file.readinto(buffer)
+        dtype = getattr(torch, _TORCH_DTYPES[entry["dtype"]])
+        if not buffer:
+            return torch.empty(entry["shape"], dtype=dtype)
+        return torch.frombuffer(buffer, dtype=dtype).reshape(entry["shape"])
+
+    def __enter__(self) -> "TensorReader":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.file.close()
+
+
+_ST_DTYPES = {"float32": "F32", "bfloat16": "BF16", "float16": "F16", "float64": "F64", "int64": "I64",
+              "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL"}
+_ITEMSIZE = {"F32": 4, "BF16": 2, "F16": 2, "F64": 8, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+_FLOATS = ("F32", "BF16", "F16", "F64")
+_TORCH_DTYPES = {v: k for k, v in _ST_DTYPES.items()}
+
+
+def shard_plan(layout: list[tuple[str, tuple[int, ...], str]], out_dtype: str, max_bytes: int) -> list[list[tuple[str, tuple[int, ...], str]]]:
+    """Group (name, shape, stored dtype) into output shards by size, from headers alone."""
+    target = _ST_DTYPES[DTYPES[out_dtype]]
+    shards: list[list[tuple[str, tuple[int, ...], str]]] = [[]]
+    size = 0
+    for name, shape, dtype in layout:
+        dtype = target if dtype in _FLOATS else dtype
+        nbytes = _ITEMSIZE[dtype] * _numel(shape)
+        if shards[-1] and size + nbytes > max_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append((name, shape, dtype))
         size += nbytes
-    flush()
+    return shards
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for dim in shape:
+        n *= dim
+    return n
+
+
+def write_shards(tensors: Iterator[tuple[str, Any]], plan: list[list[tuple[str, tuple[int, ...], str]]],
+                 out: Path) -> dict[str, str]:
+    """Write the planned shards tensor by tensor: each file's header is known in advance, so
+    no more than one tensor is held at a time (safetensors' save_file would buffer a shard)."""
+    import struct
+
     weight_map: dict[str, str] = {}
-    total = len(parts)
-    for i, (part, names) in enumerate(parts, start=1):
+    total = len(plan)
+    for i, entries in enumerate(plan, start=1):
         final = "model.safetensors" if total == 1 else f"model-{i:05d}-of-{total:05d}.safetensors"
+        header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+        offset = 0
+        for name, shape, dtype in entries:
+            nbytes = _ITEMSIZE[dtype] * _numel(shape)
+            header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+            offset += nbytes
+        raw = json.dumps(header, separators=(",", ":")).encode()
+        raw += b" " * (-len(raw) % 8)
+        part = out / f".part-{i:05d}.safetensors"
+        with part.open("wb") as fh:
+            fh.write(struct.pack("<Q", len(raw)) + raw)
+            for name, shape, dtype in entries:
+                key, tensor = next(tensors)
+                if key != name or tuple(tensor.shape) != tuple(shape) or _ST_DTYPES[str(tensor.dtype)[6:]] != dtype:
+                    raise RuntimeError(f"merge: {key} does not match the planned {name} {shape} {dtype}")
+                fh.write(memoryview(tensor.contiguous().reshape(-1).view(torch_uint8()).numpy()))
+                del tensor
         part.rename(out / final)
-        weight_map.update({n: final for n in names})
+        weight_map.update({name: final for name, _, _ in entries})
     if total > 1:
         (out / "model.safetensors.index.json").write_text(
             json.dumps({"metadata": {}, "weight_map": weight_map}, indent=2))
     return weight_map
+
+
+def torch_uint8() -> Any:
+    import torch
+
+    return torch.uint8
 
 
 def copy_side_files(trained: Trained, out: Path, dtype: str) -> None:
@@ -242,19 +311,18 @@ def commit(staging: Path, out: Path, force: bool) -> None:
 def merge(source: Path, out: Path, *, base: str | None = None, plan: MergePlan = MergePlan(),
           force: bool = False) -> dict[str, Any]:
     """Stream the base shards through the adapter into OUT (built beside it, renamed at the end)."""
-    from safetensors import safe_open
-
     from .freeze import classified_tree, _component_map, _owner
 
     if out.exists() and not force:
         raise BadInput(f"output '{out}' exists", "pass --force to replace it, or choose another -o")
     trained = load_trained(source, base)
     files = base_files(trained.base)
-    disk_keys = []
-    for path in files:
-        with safe_open(str(path), "pt") as handle:
-            disk_keys.extend(handle.keys())
-    keys, meta, model = key_map(trained.base, disk_keys)
+    from .sources import read_header
+
+    located = [(path, k, tuple(v["shape"]), v["dtype"]) for path in files
+               for k, v in read_header(path).items() if k != "__metadata__"]
+    layout = [(k, shape, dtype) for _, k, shape, dtype in located]
+    keys, meta, model = key_map(trained.base, [k for k, _, _ in layout])
     check_fit(trained, meta)
     plan.compute_dtype = {"bf16": "bfloat16", "fp32": "float32"}.get(
         str(trained.record.get("training", {}).get("compute_dtype", "fp32")), "float32")
@@ -268,8 +336,9 @@ def merge(source: Path, out: Path, *, base: str | None = None, plan: MergePlan =
     clean_stale(out)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.merge-", dir=out.parent))
     try:
-        weight_map = write_shards(merged_tensors(trained, files, plan, keys, lambda n: _owner(n, component_of)),
-                                  staging, plan.max_shard_bytes)
+        tensors = merged_tensors(trained, [(p, k) for p, k, _, _ in located], plan, keys,
+                                 lambda n: _owner(n, component_of))
+        weight_map = write_shards(tensors, shard_plan(layout, plan.dtype, plan.max_shard_bytes), staging)
         copy_side_files(trained, staging, plan.dtype)
         summary = _provenance(trained, plan, staging, weight_map)
         commit(staging, out, force)
