@@ -25,12 +25,13 @@ demo: $(STAMP)
 	rm -rf demo-out && HF_HUB_DISABLE_PROGRESS_BARS=1 $(VENV)/bin/vlmsurgeon tiny qwen2_vl -o demo-out/tiny-qwen2-vl
 	$(VENV)/bin/vlmsurgeon inspect demo-out/tiny-qwen2-vl --depth 3
 	$(PY) examples/make_shapes.py demo-out/shapes
-	$(VENV)/bin/vlmsurgeon plan --config examples/vlmsurgeon.yaml --freeze vision
+	$(VENV)/bin/vlmsurgeon plan --config examples/vlmsurgeon.yaml --freeze vision --probe
 	HF_HUB_DISABLE_PROGRESS_BARS=1 $(VENV)/bin/vlmsurgeon finetune --config examples/vlmsurgeon.yaml --freeze vision
 
 bench: $(STAMP)
 	$(PY) bench/inspect_bench.py
 	$(PY) bench/plan_bench.py
+	$(PY) bench/probe_bench.py
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import warnings
 from pathlib import Path
@@ -31,6 +32,15 @@ def tiny_models(tmp_path_factory):
         return cache[family]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def shapes(tmp_path_factory) -> Path:
+    """The synthetic shapes dataset (examples/make_shapes.py): its train.jsonl."""
+    out = tmp_path_factory.mktemp("shapes")
+    subprocess.run([sys.executable, str(ROOT / "examples" / "make_shapes.py"), str(out)], check=True,
+                   capture_output=True)
+    return out / "train.jsonl"
 
 
 @pytest.fixture

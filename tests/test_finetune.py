@@ -18,14 +18,6 @@ from vlmsurgeon.runconfig import RunOptions
 from vlmsurgeon.train import finetune
 
 
-@pytest.fixture(scope="session")
-def shapes(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("shapes")
-    subprocess.run([sys.executable, str(ROOT / "examples" / "make_shapes.py"), str(out)], check=True,
-                   capture_output=True)
-    return out / "train.jsonl"
-
-
 def options(model: Path, data: Path, out: Path, **extra) -> RunOptions:
     base = dict(model=str(model), data=str(data), output=str(out), freeze="vision", steps=30,
                 lr=5e-3, batch_size=2, seq_len=512, seed=0)

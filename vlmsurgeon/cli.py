@@ -94,6 +94,8 @@ def plan(
     no_ckpt: bool = typer.Option(False, "--no-gradient-checkpointing", help="Estimate without it."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="RUN.yaml with any of these options."),
     as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON only."),
+    probe: bool = typer.Option(False, "--probe", help="Run one backward pass on a narrow replica and name "
+                                                      "the trainable parameters that get no gradient."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code"),
     revision: Optional[str] = typer.Option(None, "--revision"),
 ) -> None:
@@ -108,7 +110,8 @@ def plan(
                          gradient_checkpointing=False if no_ckpt else None)
     settings = PlanSettings(opts.seq_len, opts.batch_size, opts.image_tokens, opts.gradient_checkpointing)
     result = plan_model(opts.require_model(), preset=opts.preset, freeze=opts.freeze, settings=settings,
-                        trust_remote_code=trust_remote_code, revision=revision)
+                        trust_remote_code=trust_remote_code, revision=revision,
+                        probe=probe or opts.probe)
     if as_json:
         print_json(result.to_json())
     else:
@@ -137,6 +140,9 @@ def finetune(
     no_ckpt: bool = typer.Option(False, "--no-gradient-checkpointing", help="Turn gradient checkpointing off."),
     skip_bad_rows: bool = typer.Option(False, "--skip-bad-rows", help="Train without the rows that fail validation."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the newest complete checkpoint."),
+    strict_grads: bool = typer.Option(False, "--strict-grads",
+                                      help="Stop (exit 1) before the first optimizer step if a trainable "
+                                           "parameter got no gradient, instead of warning."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code"),
 ) -> None:
     """QLoRA fine-tuning: 4-bit NF4 base, LoRA and full components from the preset, checkpoints, resume."""
@@ -148,7 +154,8 @@ def finetune(
                          steps=steps, epochs=epochs, lr=lr, batch_size=batch_size, grad_accum=grad_accum,
                          seq_len=seq_len, seed=seed, eval_data=eval_data, save_every=save_every,
                          quantize=quantize, dtype=dtype, skip_bad_rows=skip_bad_rows or None,
-                         gradient_checkpointing=False if no_ckpt else None)
+                         gradient_checkpointing=False if no_ckpt else None,
+                         strict_grads=strict_grads or None)
     result = run(opts, resume=resume, trust_remote_code=trust_remote_code)
     loss = f", final loss {result.final_loss:.4f}" if result.final_loss is not None else ""
     skipped = f", skipped {result.skipped_rows} bad row(s)" if result.skipped_rows else ""

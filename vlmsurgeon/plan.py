@@ -30,6 +30,7 @@ class PlanResult:
     settings: PlanSettings
     memory: Estimate
     notes: list[str] = field(default_factory=list)
+    probe: Any = None  # a probe.ProbeResult with --probe
 
     @property
     def trainable(self) -> int:
@@ -49,6 +50,15 @@ class PlanResult:
         data["settings"] = self.settings.__dict__.copy()
         data["memory"] = self.memory.to_json()
         data["notes"] = self.notes
+        if self.probe is not None:
+            grads = self.probe.report
+            for name, entry in data["components"].items():
+                entry["dead_trainable"] = sorted(grads.dead.get(name, []))
+                entry["dead_trainable_count"] = len(grads.dead.get(name, []))
+                entry["not_reached"] = sorted(grads.not_reached.get(name, []))
+                entry["not_reached_count"] = len(grads.not_reached.get(name, []))
+            data["probe"] = {k: v for k, v in self.probe.to_json().items() if k != "components"}
+            data["probe"]["dead_trainable_groups"] = grads.grouped()
         return data
 
 
@@ -61,7 +71,7 @@ def resolve_preset(preset: str | None, freeze: str | None, present: list[str]) -
 
 def plan_model(reference: str, *, preset: str | None = None, freeze: str | None = None,
                settings: PlanSettings = PlanSettings(), trust_remote_code: bool = False,
-               revision: str | None = None) -> PlanResult:
+               revision: str | None = None, probe: bool = False) -> PlanResult:
     """Build on meta, select exactly what `finetune` would train, count and estimate."""
     for name in ("seq_len", "batch_size"):
         if getattr(settings, name) <= 0:
@@ -85,4 +95,10 @@ def plan_model(reference: str, *, preset: str | None = None, freeze: str | None 
     memory = estimate(parts, lm=lm, vision=vision, vocab=vocab, batch=settings.batch_size,
                       seq_len=settings.seq_len, vision_tokens=settings.image_tokens * merge,
                       checkpointing=settings.gradient_checkpointing)
-    return PlanResult(report, chosen, applied, settings, memory, notes=list(applied.notes))
+    result = PlanResult(report, chosen, applied, settings, memory, notes=list(applied.notes))
+    if probe:
+        from .probe import probe_model
+
+        result.probe = probe_model(source, model, chosen, trust_remote_code=trust_remote_code,
+                                   gradient_checkpointing=settings.gradient_checkpointing)
+    return result

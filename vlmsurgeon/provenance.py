@@ -56,7 +56,8 @@ def _full_tensors(applied: Any) -> dict[str, Any]:
 
 def write_run_outputs(run_dir: Path, applied: Any, processor: Any, *, opts: Any, source: Any, data: Any,
                       quantized: bool, global_step: int, final_loss: float | None,
-                      train_loss: float | None, world_size: int = 1, compute_dtype: str = "fp32") -> None:
+                      train_loss: float | None, world_size: int = 1, compute_dtype: str = "fp32",
+                      gradients: dict[str, Any] | None = None) -> None:
     from safetensors.torch import save_file
 
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -88,6 +89,7 @@ def write_run_outputs(run_dir: Path, applied: Any, processor: Any, *, opts: Any,
             "training": {"global_step": global_step, "final_loss": final_loss, "train_loss": train_loss,
                          "world_size": world_size, "compute_dtype": compute_dtype,
                          **opts.model_dump(exclude={"model", "output", "data"})},
+            "gradients_first_step": gradients,
             "artifacts": artifacts,
             "versions": versions(),
         }

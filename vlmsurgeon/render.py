@@ -176,6 +176,24 @@ def print_plan(result: Any, console: Console | None = None) -> None:
     console.print(memory_table(result))
     for note in result.notes:
         console.print(f"note: {escape(note)}")
+    if result.probe is not None:
+        print_probe(result.probe, console)
+
+
+def print_probe(probe: Any, console: Console) -> None:
+    grads = probe.report
+    console.print(f"[bold]gradient probe[/bold] · narrow replica {human(probe.replica_params)} params "
+                  f"(model {human(probe.full_params)}), {probe.tokens} tokens, {probe.seconds:.1f} s · "
+                  f"{grads.checked:,} trainable tensors checked")
+    if not grads.dead_count:
+        console.print("  [green]every trainable tensor got a gradient[/green]")
+    for comp in sorted(grads.dead):
+        color = COLORS.get(comp, "white")
+        console.print(f"  [bold red]dead[/bold red] [{color}]{comp}[/{color}]: {len(grads.dead[comp])} "
+                      f"trainable tensor(s) get no gradient: {escape(', '.join(grads.grouped(comp)))}")
+    for comp in sorted(grads.not_reached):
+        console.print(f"  {comp}: {len(grads.not_reached[comp]):,} expert weight(s) not reached by the "
+                      "probe's tokens (routing of this batch, not dead wiring)")
 
 
 def presets_table(presets: list[Any]) -> Table:

@@ -26,6 +26,7 @@ class RunOptions(BaseModel):
     batch_size: int = Field(default=1, gt=0)
     image_tokens: int = Field(default=256, ge=0)
     gradient_checkpointing: bool = True
+    probe: bool = False  # plan only
     # finetune only
     data: Optional[str] = None
     eval_data: Optional[str] = None
@@ -40,6 +41,7 @@ class RunOptions(BaseModel):
     dtype: Literal["auto", "bf16", "fp32"] = "auto"
     warmup_ratio: float = Field(default=0.0, ge=0, lt=1)
     skip_bad_rows: bool = False
+    strict_grads: bool = False
 
     def require(self, key: str, flag: str) -> str:
         value = getattr(self, key)

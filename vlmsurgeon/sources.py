@@ -252,21 +252,24 @@ def model_class(config: Any) -> Any:
                    "upgrade transformers, or point at a directory with safetensors weights")
 
 
-def build_on_meta(source: ModelSource, config: Any, trust_remote_code: bool = False) -> Any:
-    """Instantiate the model on the meta device: exact structure, no memory, no weights."""
+def build_on_meta(source: ModelSource, config: Any, trust_remote_code: bool = False,
+                  device: str = "meta") -> Any:
+    """Instantiate the model on the meta device: exact structure, no memory, no weights.
+    (`device="cpu"` builds it with random weights, for the probe's narrow replica.)"""
     import torch
 
+    kwargs = {} if device == "meta" else {"dtype": torch.float32}
     try:
-        with torch.device("meta"):
+        with torch.device(device):
             if is_native(source.model_type):
-                return model_class(config)._from_config(config)
+                return model_class(config)._from_config(config, **kwargs)
             import transformers
 
             auto_map = source.config.get("auto_map") or {}
             for name in _AUTO_ORDER:
                 if name in auto_map:
-                    return getattr(transformers, name).from_config(config, trust_remote_code=True)
-            return transformers.AutoModel.from_config(config, trust_remote_code=trust_remote_code)
+                    return getattr(transformers, name).from_config(config, trust_remote_code=True, **kwargs)
+            return transformers.AutoModel.from_config(config, trust_remote_code=trust_remote_code, **kwargs)
     except BadInput:
         raise
     except Exception as exc:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,7 @@ from typing import Any
 from .data import Dataset, load_dataset_rows
 from .errors import BadInput, VlmSurgeonError
 from .runconfig import RunOptions
-from .trainer_parts import COMPLETE, JsonlLog, MarkComplete, Progress, StopOnSignal, make_trainer
+from .trainer_parts import COMPLETE, DeadGradients, GradCheck, JsonlLog, MarkComplete, Progress, StopOnSignal, make_trainer
 
 CHECKPOINTS = "checkpoints"
 REPORT = "bad_rows.txt"
@@ -116,8 +118,15 @@ def finetune(opts: RunOptions, *, resume: bool = False, trust_remote_code: bool 
     checkpoint = _check_run_dir(run_dir, resume)
     source, meta = meta_model(reference, trust_remote_code=trust_remote_code)
     tree = classified_tree(meta, source.model_type)
-    preset = resolve_preset(opts.preset, opts.freeze, present_components(tree))
+    present = present_components(tree)
+    preset = resolve_preset(opts.preset, opts.freeze, present)
     del meta
+    if opts.quantize == "4bit" and preset.quantize and not any(
+            preset.spec(c).mode.value == "lora" for c in present):
+        # transformers' Trainer refuses a 4-bit model with no adapter attached
+        print(f"vlmsurgeon: warning: preset '{preset.name}' trains no LoRA adapter, and a 4-bit model "
+              "trains only through adapters: loading without 4-bit (--quantize none)", file=sys.stderr)
+        opts = opts.model_copy(update={"quantize": "none"})
     processor = AutoProcessor.from_pretrained(reference)
     model = load_for_training(reference, opts, preset, tree, source.model_type)
     quantized = "quantization_config" in getattr(model.config, "__dict__", {}) or getattr(
@@ -135,11 +144,17 @@ def finetune(opts: RunOptions, *, resume: bool = False, trust_remote_code: bool 
     applied = apply_preset(model, preset, source.model_type)
     run_dir.mkdir(parents=True, exist_ok=True)
     stop = StopOnSignal()
+    grads = GradCheck(applied, opts.strict_grads)
     trainer = make_trainer(applied, opts, run_dir / CHECKPOINTS, data.samples,
                            eval_data.samples if eval_data else None, Collator(processor, opts.seq_len),
-                           callbacks=[Progress(), JsonlLog(run_dir / "log.jsonl"), MarkComplete(), stop])
+                           callbacks=[Progress(), JsonlLog(run_dir / "log.jsonl"), MarkComplete(), stop, grads])
     with stop.installed():
-        output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        try:
+            output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        except DeadGradients:
+            if checkpoint is None and trainer.is_world_process_zero():
+                shutil.rmtree(run_dir, ignore_errors=True)  # nothing trained: leave no run behind
+            raise
     if stop.requested:
         raise Interrupted(f"interrupted at step {trainer.state.global_step}; checkpoint saved in "
                           f"{run_dir / CHECKPOINTS}", f"vlmsurgeon finetune … -o {run_dir} --resume")
@@ -149,6 +164,7 @@ def finetune(opts: RunOptions, *, resume: bool = False, trust_remote_code: bool 
                           quantized=bool(quantized), global_step=trainer.state.global_step,
                           final_loss=final_loss, train_loss=output.training_loss,
                           world_size=trainer.args.world_size,
+                          gradients=grads.report.to_json() if grads.report is not None else None,
                           compute_dtype="bf16" if str(_dtype(opts)) == "torch.bfloat16" else "fp32")
     return FinetuneResult(run_dir, trainer.state.global_step, final_loss, applied, len(data.bad))
 

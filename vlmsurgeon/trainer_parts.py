@@ -7,14 +7,37 @@ import contextlib
 import json
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback
 
+from .errors import CheckFailed
+
 COMPLETE = ".vlmsurgeon-complete"
+
+
+def _import_trainer() -> tuple[Any, Any]:
+    """transformers' Trainer imports `datasets` (pyarrow and pandas: ~90 MiB resident, measured)
+    only to recognise `datasets.Dataset` objects; ours are plain lists of validated rows, so it is
+    imported with that check off. With `datasets` already loaded, nothing is changed."""
+    import transformers.utils as utils
+    import transformers.utils.import_utils as import_utils
+
+    saved = utils.is_datasets_available, import_utils.is_datasets_available
+    if "transformers.trainer" not in sys.modules and "datasets" not in sys.modules:
+        utils.is_datasets_available = import_utils.is_datasets_available = lambda: False
+    try:
+        from transformers import Trainer, TrainingArguments
+    finally:
+        utils.is_datasets_available, import_utils.is_datasets_available = saved
+    return Trainer, TrainingArguments
+
+
+Trainer, TrainingArguments = _import_trainer()
 
 
 class ComponentTrainer(Trainer):
@@ -25,6 +48,7 @@ class ComponentTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.applied = applied
         self.tokens_seen = 0
+        self.saw_image = False
 
     def create_optimizer(self, model: Any = None) -> Any:
         import torch
@@ -44,6 +68,7 @@ class ComponentTrainer(Trainer):
         mask = inputs.get("attention_mask")
         if mask is not None:
             self.tokens_seen += int(mask.sum())
+        self.saw_image = self.saw_image or any(k.startswith("pixel_values") for k in inputs)
         return super().training_step(model, inputs, *args, **kwargs)
 
 
@@ -72,6 +97,36 @@ def make_trainer(applied: Any, opts: Any, output_dir: Path, train: list[Any], ev
         if hasattr(callback, "trainer"):
             callback.trainer = trainer
     return trainer
+
+
+class DeadGradients(CheckFailed):
+    """--strict-grads: a trainable parameter got no gradient (exit 1)."""
+
+
+class GradCheck(TrainerCallback):
+    """Before the first optimizer step whose batch held an image: which trainable tensors got no
+    gradient. Warns (main process), or with --strict-grads stops before the step is taken."""
+
+    def __init__(self, applied: Any, strict: bool) -> None:
+        self.applied, self.strict = applied, strict
+        self.report: Any = None
+        self.trainer: Any = None
+
+    def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.report is not None or not self.trainer.saw_image:
+            return
+        from .probe import gradient_report
+
+        self.report = gradient_report(self.trainer.model, self.applied.component)
+        if not self.report.dead_count:
+            return
+        line = f"first backward step: {self.report.summary()}"
+        if self.strict:
+            raise DeadGradients(line + "; stopped before the first optimizer step",
+                                "freeze those parameters (a preset / --freeze), or drop --strict-grads")
+        if state.is_world_process_zero:
+            print(f"vlmsurgeon: warning: {line} (they will not train; `plan --probe` shows the same)",
+                  file=sys.stderr)
 
 
 class Progress(TrainerCallback):

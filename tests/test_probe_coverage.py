@@ -1,0 +1,113 @@
+"""How many of the families `inspect` covers the probe covers, each from transformers' default
+config: a narrow replica with the full model's names, one forward + backward pass. Families it
+cannot probe must fail with one clear `probe:` line, never a traceback."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # also run as a script: python tests/test_probe_coverage.py FAMILY…
+
+from tests.test_inspect_architectures import NO_VISION, UNBUILDABLE, _architectures  # noqa: E402
+
+# Dead trainable parameters the probe finds in default configs with everything trainable:
+# LLaVA-1.5's feature layer -2 leaves the last CLIP layer and the post-layernorm without a gradient.
+_CLIP_LAYER_23 = ["model.vision_tower.encoder.layers.23.*", "model.vision_tower.post_layernorm.*"]
+EXPECTED_DEAD = {
+    "llava": _CLIP_LAYER_23, "llava_next": _CLIP_LAYER_23, "llava_next_video": _CLIP_LAYER_23,
+    "vipllava": _CLIP_LAYER_23,
+    # the probe's batch holds an image, no video: Video-LLaVA's separate video tower gets nothing
+    "video_llava": ["model.image_tower.encoder.layers.23.*", "model.image_tower.post_layernorm.*",
+                    "model.video_tower.*"],
+    # SigLIP, features from the last layer: only the post-layernorm is left out
+    "llava_onevision": ["model.vision_tower.post_layernorm.*"],
+    # families whose every trainable parameter learns
+    "qwen2_5_vl": [], "qwen3_vl": [], "qwen3_vl_moe": [], "mllama": [], "internvl": [],
+}
+MIN_COVERED = 33
+
+
+def run_chunk(families: list[str]) -> dict[str, dict]:
+    """Probe `families` in child processes, one after another in the same child while it lives;
+    a child that dies (e.g. out of memory) marks its current family and a new one goes on."""
+    results: dict[str, dict] = {}
+    todo = list(families)
+    while todo:
+        proc = subprocess.run([sys.executable, __file__, *todo], capture_output=True, text=True,
+                              cwd=ROOT, timeout=1200, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        for line in proc.stdout.splitlines():
+            if line.startswith("RESULT "):
+                record = json.loads(line[7:])
+                results[record["model_type"]] = record
+        todo = [m for m in todo if m not in results]
+        if todo:  # the child died on todo[0]
+            results[todo[0]] = {"model_type": todo[0], "status": f"crashed (exit {proc.returncode}): "
+                                f"{proc.stderr.strip()[-200:]}", "dead": [], "seconds": 0.0}
+            todo = todo[1:]
+    return results
+
+
+def test_probe_coverage_of_the_families_inspect_covers(capsys):
+    families = [m for m in _architectures() if m not in UNBUILDABLE and m not in NO_VISION]
+    chunks = [families[0::2], families[1::2]]
+    with ThreadPoolExecutor(2) as pool:  # two children at a time: this machine's two cores
+        results = {k: v for part in pool.map(run_chunk, chunks) for k, v in part.items()}
+    covered = {m: r["dead"] for m, r in results.items() if r["status"] == "ok"}
+    failed = {m: r["status"] for m, r in results.items() if r["status"] != "ok"}
+    for model_type, dead in EXPECTED_DEAD.items():
+        assert covered[model_type] == dead, model_type
+    slowest = sorted(results.values(), key=lambda r: -r["seconds"])[:3]
+    total = sum(r["seconds"] for r in results.values())
+    with capsys.disabled():
+        print(f"\nthe probe covers {len(covered)} of the {len(families)} families inspect covers "
+              f"(default configs, preset full); {sum(bool(d) for d in covered.values())} have "
+              f"dead trainable parameters: "
+              + "; ".join(f"{m}: {', '.join(d[:2])}" for m, d in sorted(covered.items()) if d))
+        print(f"probe time {total:.0f} s in all; slowest: " + ", ".join(f"{r['model_type']} {r['seconds']:.1f} s" for r in slowest))
+        print("covered: " + ", ".join(sorted(covered)))
+        print("not covered:")
+        for model_type in sorted(failed):
+            print(f"  {model_type}: {failed[model_type]}")
+    for model_type, reason in failed.items():
+        assert reason.startswith("probe:"), (model_type, reason)  # one clear line, no crash
+    assert len(covered) >= MIN_COVERED
+
+
+def _probe(model_type: str, directory: Path) -> tuple[str, list[str]]:
+    from tests.conftest import save_config
+    from vlmsurgeon.errors import BadInput
+    from vlmsurgeon.freeze import classified_tree, present_components
+    from vlmsurgeon.inspection import meta_model
+    from vlmsurgeon.plan import resolve_preset
+    from vlmsurgeon.probe import probe_model
+
+    try:
+        source, full = meta_model(str(save_config(model_type, directory)))
+        # `full`: every component trains (no peft injection to wait for), so every parameter is
+        # checked; no gradient checkpointing: the same gradients, one forward pass fewer
+        preset = resolve_preset("full", None, present_components(classified_tree(full, model_type)))
+        return "ok", probe_model(source, full, preset, gradient_checkpointing=False).report.grouped()
+    except BadInput as exc:
+        return exc.what, []
+
+
+if __name__ == "__main__":
+    import gc
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    for name in sys.argv[1:]:
+        start = time.perf_counter()
+        with tempfile.TemporaryDirectory() as tmp:
+            status, dead = _probe(name, Path(tmp))
+        gc.collect()
+        print("RESULT " + json.dumps({"model_type": name, "status": status, "dead": dead,
+                                      "seconds": time.perf_counter() - start}), flush=True)
