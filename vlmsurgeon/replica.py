@@ -57,6 +57,7 @@ def narrow_config(config: Any) -> Any:
     """A deep copy with attention widths cut to two heads of the original head size (so rotary
     sections and head-dim-dependent scalars stay valid), MLP / expert widths to a few units,
     and every width that repeats another (a merger's output = the LM's hidden size) following."""
+    original_vision = getattr(config, "vision_config", None)
     config = copy.deepcopy(config)
     mapping: dict[int, int] = {}
     width_key: dict[int, str] = {}
@@ -106,6 +107,14 @@ def narrow_config(config: Any) -> Any:
                 if value % old == 0 and value // old <= 16:
                     _set(node, key, new * (value // old))
                     break
+    ratio = getattr(vision, "pixel_shuffle_ratio", None)
+    dims = ("projector_input_dim", "projector_output_dim", "vision_output_dim")
+    if isinstance(ratio, float) and ratio > 0 and all(_int(vision, k) for k in dims):
+        # Llama 4: the pixel-shuffle MLP reads hidden / ratio² and hands the projector its output
+        _set(vision, "intermediate_size", int(vision.hidden_size / ratio**2))
+        if len({_int(original_vision, k) for k in dims}) == 1:
+            for key in dims:
+                _set(vision, key, 64)
     if vision is not None and _int(vision, "max_num_tiles"):  # Mllama: one 1×1 tile per image
         _set(vision, "max_num_tiles", 1)
         _set(vision, "supported_aspect_ratios", [[1, 1]])
