@@ -34,8 +34,7 @@ EXPECTED_DEAD = {
 }
 # Default configs that contradict themselves (a projector that pools 14 × 14 patches into 16 × 16
 # tokens, three rotary sections that need half the head's dims): the values the released
-# checkpoints hold (gemma-3-4b-it, GLM-4.1V-9B, Idefics3-8B, SmolVLM-Instruct, Llama-4-Scout)
-# replace them.
+# checkpoints hold (gemma-3-4b-it, GLM-4.1V-9B, Idefics3-8B, SmolVLM-Instruct) replace them.
 _SIGLIP_896 = {"model_type": "siglip_vision_model", "image_size": 896, "patch_size": 14, "vision_use_head": False}
 _GLM_ROPE = {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5, "mrope_section": [8, 12, 12]}
 REAL_VALUES = {
@@ -45,9 +44,6 @@ REAL_VALUES = {
     "glmga": {"text_config": {"rope_parameters": _GLM_ROPE}},
     "idefics3": {"vision_config": {"image_size": 364, "patch_size": 14}},
     "smolvlm": {"vision_config": {"image_size": 512, "patch_size": 16}, "scale_factor": 4},
-    # Llama-4-Scout: the pixel-shuffle MLP reads 4 × the hidden width and feeds a 4096-wide projector
-    "llama4": {"vision_config": {"hidden_size": 1408, "intermediate_size": 5632, "num_attention_heads": 16,
-                                 "vision_output_dim": 4096}},
 }
 EXPECTED_DEAD.update({"gemma3": [], "glm4v": [], "idefics3": [], "smolvlm": [], "llama4": []})
 MIN_COVERED = 41

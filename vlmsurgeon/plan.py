@@ -53,10 +53,7 @@ class PlanResult:
         if self.probe is not None:
             grads = self.probe.report
             for name, entry in data["components"].items():
-                entry["dead_trainable"] = sorted(grads.dead.get(name, []))
-                entry["dead_trainable_count"] = len(grads.dead.get(name, []))
-                entry["not_reached"] = sorted(grads.not_reached.get(name, []))
-                entry["not_reached_count"] = len(grads.not_reached.get(name, []))
+                entry.update(grads.component_json(name))
             data["probe"] = {k: v for k, v in self.probe.to_json().items() if k != "components"}
             data["probe"]["dead_trainable_groups"] = grads.grouped()
         return data

@@ -48,15 +48,16 @@ class GradReport:
         names = self.dead_names() if component is None else set(self.dead.get(component, []))
         return group_names(names, self.trainable)
 
+    def component_json(self, component: str) -> dict[str, Any]:
+        dead, idle = self.dead.get(component, []), self.not_reached.get(component, [])
+        return {"dead_trainable": sorted(dead), "dead_trainable_count": len(dead),
+                "dead_trainable_groups": self.grouped(component),
+                "not_reached": sorted(idle), "not_reached_count": len(idle)}
+
     def to_json(self) -> dict[str, Any]:
         comps = sorted(set(self.dead) | set(self.not_reached))
         return {"checked": self.checked, "dead_trainable_count": self.dead_count,
-                "components": {c: {"dead_trainable": sorted(self.dead.get(c, [])),
-                                   "dead_trainable_count": len(self.dead.get(c, [])),
-                                   "dead_trainable_groups": self.grouped(c),
-                                   "not_reached": sorted(self.not_reached.get(c, [])),
-                                   "not_reached_count": len(self.not_reached.get(c, []))}
-                               for c in comps}}
+                "components": {c: self.component_json(c) for c in comps}}
 
     def summary(self, limit: int = 6) -> str:
         groups = self.grouped()

@@ -57,7 +57,6 @@ def narrow_config(config: Any) -> Any:
     """A deep copy with attention widths cut to two heads of the original head size (so rotary
     sections and head-dim-dependent scalars stay valid), MLP / expert widths to a few units,
     and every width that repeats another (a merger's output = the LM's hidden size) following."""
-    original_vision = getattr(config, "vision_config", None)
     config = copy.deepcopy(config)
     mapping: dict[int, int] = {}
     width_key: dict[int, str] = {}
@@ -111,10 +110,10 @@ def narrow_config(config: Any) -> Any:
     dims = ("projector_input_dim", "projector_output_dim", "vision_output_dim")
     if isinstance(ratio, float) and ratio > 0 and all(_int(vision, k) for k in dims):
         # Llama 4: the pixel-shuffle MLP reads hidden / ratio² and hands the projector its output
+        # (and the three projector widths are one width in released checkpoints)
         _set(vision, "intermediate_size", int(vision.hidden_size / ratio**2))
-        if len({_int(original_vision, k) for k in dims}) == 1:
-            for key in dims:
-                _set(vision, key, 64)
+        for key in dims:
+            _set(vision, key, 64)
     if vision is not None and _int(vision, "max_num_tiles"):  # Mllama: one 1×1 tile per image
         _set(vision, "max_num_tiles", 1)
         _set(vision, "supported_aspect_ratios", [[1, 1]])
@@ -231,13 +230,10 @@ def _vision_inputs(model: Any, config: Any, params: dict[str, Any], gen: Any) ->
         return "grid", {"pixel_values": pixels, "image_grid_thw": torch.tensor([[1, side, side]])}
     height, width = _image_hw(vision)
     if "aspect_ratio_ids" in params:
-        tiles = 1  # one tile of one image: aspect ratio id 1 is 1×1
-        pixels = torch.zeros(1, 1, tiles, channels, height, width)
-        pixels[0, 0, 0] = torch.randn(channels, height, width, generator=gen)
-        mask = torch.zeros(1, 1, tiles, dtype=torch.long)
-        mask[0, 0, 0] = 1
-        return "cross", {"pixel_values": pixels, "aspect_ratio_ids": torch.tensor([[1]]),
-                         "aspect_ratio_mask": mask}
+        # one image of one tile (max_num_tiles is 1 in the replica): aspect ratio id 1 is 1×1
+        return "cross", {"pixel_values": torch.randn(1, 1, 1, channels, height, width, generator=gen),
+                         "aspect_ratio_ids": torch.tensor([[1]]),
+                         "aspect_ratio_mask": torch.ones(1, 1, 1, dtype=torch.long)}
     if "pixel_attention_mask" in params:
         pixels = torch.randn(1, 1, channels, height, width, generator=gen)
         return "tokens", {"pixel_values": pixels,
