@@ -120,8 +120,12 @@ def unquantized_roots(tree: Node, quantize: list[str]) -> list[str]:
     """Largest modules holding no parameter of a quantized component: what bitsandbytes must
     skip so that only the preset's 4-bit components are converted."""
     below = _subtree_components(tree)
-    return sorted(r for comp in below.get("", set()) if comp not in quantize
-                  for r in _full_roots(tree, below, comp)[0])
+    roots = {r for comp in below.get("", set()) if comp not in quantize
+             for r in _full_roots(tree, below, comp)[0]}
+    # A module whose weight is shared with another (a head tied to the input embeddings) keeps
+    # that tensor's layout: bitsandbytes would pack the shared weight and break the embedding.
+    roots |= {n.path for n in tree.walk() if n.path and any(p.tied_to for p in n.params)}
+    return sorted(roots)
 
 
 def present_components(tree: Node) -> list[str]:

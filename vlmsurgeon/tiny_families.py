@@ -185,3 +185,10 @@ FAMILIES: dict[str, Family] = {
         video_processor="InternVLVideoProcessor", video_processor_kwargs=_SQUARE,
     ),
 }
+
+# The rest of the table lives beside this file, one module per kind of family.
+from .tiny_llava_like import FAMILIES as _LLAVA_LIKE  # noqa: E402
+from .tiny_more import FAMILIES as _MORE  # noqa: E402
+from .tiny_qwen_like import FAMILIES as _QWEN_LIKE  # noqa: E402
+
+FAMILIES.update({**_LLAVA_LIKE, **_QWEN_LIKE, **_MORE})

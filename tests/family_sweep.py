@@ -1,0 +1,140 @@
+"""The whole chain on one tiny family, as a user runs it: `tiny` build → `finetune` 2 steps on the
+default path (`--freeze vision`, 4-bit LM) → `merge --verify` → reload in plain transformers
+(`AutoModelForImageTextToText` + `AutoProcessor`) → one image + text forward.
+
+    python -m tests.family_sweep [FAMILY ...]     # all families `tiny` lists when none given
+
+Used by tests/test_family_sweep.py; runnable alone to check one family while adding it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def shapes_data(directory: Path) -> Path:
+    if not (directory / "train.jsonl").is_file():
+        subprocess.run([sys.executable, str(ROOT / "examples" / "make_shapes.py"), str(directory)],
+                       check=True, capture_output=True)
+    return directory / "train.jsonl"
+
+
+def lm_linear_kinds(applied) -> dict[str, set[bool]]:
+    """For every component, whether its Linear layers are 4-bit (a tied head is not a Linear4bit)."""
+    import bitsandbytes as bnb
+    import torch
+
+    kinds: dict[str, set[bool]] = {}
+    for name, module in applied.model.named_modules():
+        if ".lora_" in name or ".base_layer" in name:
+            continue
+        base = getattr(module, "base_layer", None)
+        layer = base if base is not None else module
+        if isinstance(layer, (torch.nn.Linear, bnb.nn.Linear4bit)):
+            kinds.setdefault(applied.component(name), set()).add(isinstance(layer, bnb.nn.Linear4bit))
+    return kinds
+
+
+def run_chain(family: str, work: Path, data: Path) -> dict[str, object]:
+    """Raises on the first failing step; returns what each step measured."""
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from vlmsurgeon.collate import Collator
+    from vlmsurgeon.data import load_dataset_rows
+    from vlmsurgeon.merge import MergePlan, load_trained, merge
+    from vlmsurgeon.runconfig import RunOptions
+    from vlmsurgeon.tiny import build_tiny
+    from vlmsurgeon.train import finetune
+    from vlmsurgeon.verify import verify
+
+    facts: dict[str, object] = {}
+    step = "tiny"
+    try:
+        model_dir = build_tiny(family, work / "model")
+        step = "finetune"
+        result = finetune(RunOptions(model=str(model_dir), data=str(data), output=str(work / "run"),
+                                     freeze="vision", steps=2, batch_size=2, seq_len=1024, lr=1e-3))
+        kinds = lm_linear_kinds(result.applied)
+        facts["lm_4bit"] = kinds.get("lm") == {True}
+        if not facts["lm_4bit"]:
+            raise AssertionError(f"LM Linear layers not all 4-bit: {kinds}")
+        if any(True in kinds.get(c, set()) for c in kinds if c != "lm"):
+            raise AssertionError(f"a non-LM Linear is 4-bit: {kinds}")
+        del result
+        step = "merge"
+        out = work / "export"
+        summary = merge(work / "run", out, plan=MergePlan(dtype="bf16"))
+        facts["lora_modules_merged"] = summary["lora_modules_merged"]
+        step = "verify"
+        verdict = verify(out, load_trained(work / "run", None), "bf16", summary["target"])
+        facts["verify"] = verdict.vs_trained if verdict.vs_trained is not None else verdict.vs_original
+        if not verdict.ok:
+            raise AssertionError(f"verify failed: {verdict}")
+        step = "reload"
+        model = AutoModelForImageTextToText.from_pretrained(out, dtype=torch.float32).eval()
+        processor = AutoProcessor.from_pretrained(out)
+        sample = next(s for s in load_dataset_rows(data).samples if s.images)
+        batch = Collator(processor, 1024)([sample])
+        batch.pop("labels")
+        with torch.no_grad():
+            logits = model(**batch).logits
+        if not torch.isfinite(logits).all():
+            raise AssertionError("reloaded export gives non-finite logits")
+        facts["logits"] = tuple(logits.shape)
+    except BaseException as exc:
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        from vlmsurgeon.errors import VlmSurgeonError
+
+        text = exc.line() if isinstance(exc, VlmSurgeonError) else f"{type(exc).__name__}: {exc}"
+        raise SweepFailure(f"{step}: {text.splitlines()[0][:300] if text else type(exc).__name__}") from exc
+    return facts
+
+
+class SweepFailure(Exception):
+    pass
+
+
+def sweep(families: list[str]) -> tuple[list[str], dict[str, str]]:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    passed, failed = [], {}
+    with tempfile.TemporaryDirectory(prefix="vlms-sweep-") as tmp:
+        data = shapes_data(Path(tmp) / "shapes")
+        for family in families:
+            started = time.perf_counter()
+            try:
+                facts = run_chain(family, Path(tmp) / family, data)
+            except SweepFailure as exc:
+                failed[family] = str(exc)
+                print(f"  FAIL {family}: {exc}", file=sys.stderr, flush=True)
+                continue
+            passed.append(family)
+            print(f"  ok   {family} ({time.perf_counter() - started:.0f} s) {facts}", file=sys.stderr, flush=True)
+    return passed, failed
+
+
+def main() -> None:
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    from vlmsurgeon.tiny_families import FAMILIES
+
+    families = sys.argv[1:] or sorted(FAMILIES)
+    passed, failed = sweep(families)
+    print(f"{len(passed)}/{len(families)} families train, merge and reload")
+    for family, reason in failed.items():
+        print(f"  {family}: {reason}")
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()
