@@ -79,7 +79,7 @@ class Collator:
         input_ids = batch["input_ids"][0]
         batch["labels"] = self.labels(sample, images, input_ids)[None]
         if type(self.processor).__name__ in PREFIX_LM and "token_type_ids" in batch:
-            batch["token_type_ids"] = (batch["labels"] != IGNORE).long()
+            batch["token_type_ids"] = prefix_types(batch["labels"])
         return self.truncate(batch)
 
     def truncate(self, batch: dict[str, Any]) -> dict[str, Any]:
@@ -95,6 +95,20 @@ class Collator:
     def __call__(self, samples: list[Sample]) -> dict[str, Any]:
         encoded = [self.encode_sample(s) for s in samples]
         return pad_and_stack(encoded, self.pad_id)
+
+
+def prefix_types(labels: Any) -> Any:
+    """token_type_ids for a prefix-LM (PaliGemma): 0, attending both ways, only for the prompt
+    before the first trained token; 1, causal, from there on. Every 0 attends to every other 0,
+    so a later user turn or the newline after an answer must never be 0: it would let the
+    prompt, and through it the answers, see tokens that come after them."""
+    import torch
+
+    types = torch.ones_like(labels)
+    trained = (labels[0] != IGNORE).nonzero()
+    first = int(trained[0]) if len(trained) else labels.shape[1]
+    types[:, :first] = 0
+    return types
 
 
 def _common(a: list[int], b: list[int]) -> int:
