@@ -277,11 +277,22 @@ def budget_check(
 
 @app.command()
 def tiny(
-    model_type: str = typer.Argument(..., help="Family, e.g. qwen2_vl, llava, paligemma."),
-    out: Path = typer.Option(..., "--out", "-o", help="Directory to write (must not exist)."),
+    model_type: Optional[str] = typer.Argument(None, help="Family, e.g. qwen2_vl, llava, paligemma."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Directory to write (must not exist)."),
     seed: int = typer.Option(0, "--seed", help="Random seed for the weights."),
+    list_families: bool = typer.Option(False, "--list", help="List the families tiny builds."),
 ) -> None:
     """Write a tiny random-weight VLM with a working processor, built offline (for tests/CI)."""
+    from .errors import BadInput
+
+    if list_families:
+        from .render import print_families
+        from .tiny_families import FAMILIES
+
+        print_families(FAMILIES)
+        return
+    if model_type is None or out is None:
+        raise BadInput("tiny: give a family and -o DIR, or --list", "e.g. vlmsurgeon tiny qwen2_vl -o tiny-qwen")
     _quiet_libraries()
     from .tiny import build_tiny
 

@@ -12,6 +12,7 @@ from .inspection import meta_model
 from .memory import ComponentMemory, Estimate, estimate, lm_dims, vision_dims
 from .preset import Preset, freeze_preset, load_preset
 from .report import Breakdown, breakdown
+from .support import training_blocker
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,9 @@ def plan_model(reference: str, *, preset: str | None = None, freeze: str | None 
                       seq_len=settings.seq_len, vision_tokens=settings.image_tokens * merge,
                       checkpointing=settings.gradient_checkpointing)
     result = PlanResult(report, chosen, applied, settings, memory, notes=list(applied.notes))
+    blocker = training_blocker(config)
+    if blocker:
+        result.notes.insert(0, f"finetune cannot train this model: {blocker}")
     if probe:
         from .probe import probe_model
 

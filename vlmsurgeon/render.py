@@ -230,3 +230,16 @@ def diff_table(result: Any) -> Table:
         table.caption = (f"only in A: {len(result.only_in_a)}, only in B: {len(result.only_in_b)}, "
                          f"shape mismatch: {len(result.shape_mismatch)}")
     return table
+
+
+def print_families(families: dict[str, Any]) -> None:
+    """`tiny --list`: one family a line (model_type, processor, video input, training notes)."""
+    from .support import UNSUPPORTED
+
+    width = max(map(len, families))
+    for name in sorted(families):
+        family = families[name]
+        video = "image+video" if family.video_processor else "image"
+        note = f"  finetune: no ({UNSUPPORTED[name]})" if name in UNSUPPORTED else ""
+        print(f"{name:<{width}}  {family.processor:<28} {video}{note}".rstrip())
+    print(f"{len(families)} families")

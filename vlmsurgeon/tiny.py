@@ -92,6 +92,18 @@ def build_config(family: Family, tokenizer: Any) -> Any:
     return config
 
 
+def _no_zero_matrices(model: Any) -> None:
+    """Some families initialise a projection to zeros (Gemma 3's `mm_input_projection_weight`),
+    which no released checkpoint has: everything before it would get a zero gradient on the first
+    step. Tiny models stand in for trained ones, so such matrices get small random values."""
+    import torch
+
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.dim() >= 2 and not param.any():
+                param.normal_(0.0, 0.2)
+
+
 def build_tiny(model_type: str, out: Path | str, *, seed: int = 0) -> Path:
     """Write model weights (safetensors), config, generation config and processor files to
     `out`, atomically: everything is written beside it and renamed into place at the end."""
@@ -113,6 +125,7 @@ def build_tiny(model_type: str, out: Path | str, *, seed: int = 0) -> Path:
         config = build_config(family, tokenizer)
         torch.manual_seed(seed)
         model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32)
+        _no_zero_matrices(model)
         model.generation_config.pad_token_id = config.pad_token_id
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)

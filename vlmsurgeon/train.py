@@ -16,6 +16,7 @@ from typing import Any
 from .data import Dataset, load_dataset_rows
 from .errors import BadInput, VlmSurgeonError
 from .runconfig import RunOptions
+from .support import training_blocker
 from .trainer_parts import COMPLETE, DeadGradients, GradCheck, JsonlLog, MarkComplete, Progress, StopOnSignal, make_trainer
 
 CHECKPOINTS = "checkpoints"
@@ -117,6 +118,10 @@ def finetune(opts: RunOptions, *, resume: bool = False, trust_remote_code: bool 
     eval_data = _data(opts.eval_data, opts, run_dir, "eval data") if opts.eval_data else None
     checkpoint = _check_run_dir(run_dir, resume)
     source, meta = meta_model(reference, trust_remote_code=trust_remote_code)
+    blocker = training_blocker(meta.config)
+    if blocker:
+        raise BadInput(f"finetune: cannot train '{reference}': {blocker}",
+                       "`vlmsurgeon tiny --list` and the README's family table show what trains")
     tree = classified_tree(meta, source.model_type)
     present = present_components(tree)
     preset = resolve_preset(opts.preset, opts.freeze, present)
