@@ -3,6 +3,7 @@ turns only: prompt, image tokens and padding are -100."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from .data import Sample
@@ -12,89 +13,173 @@ IGNORE = -100
 # Processors whose token_type_ids mark prefix (0, bidirectional) vs suffix (1, causal, trained):
 # for training, what is learned must be the causal suffix.
 PREFIX_LM = ("PaliGemmaProcessor",)
+# Processors whose media tensors carry the batch dimension (batch, images, …): every row needs an
+# entry. The rest concatenate media of all rows along the first dimension.
+BATCH_ALIGNED = ("Idefics2Processor", "Idefics3Processor", "SmolVLMProcessor", "MllamaProcessor")
+# Per-row counts that must have one entry per row, 0 for a row without media.
+PER_ROW_KEYS = ("batch_num_images",)
+# Inputs a processor derives from the text that the model may only see for the prompt:
+# InstructBLIP's Q-Former reads the instruction; given the whole conversation it would read the
+# answers it is trained to write.
+PROMPT_ONLY = ("qformer_input_ids", "qformer_attention_mask")
 
 
-def _images(messages: list[dict[str, Any]], images: list[Any], upto: int) -> list[Any]:
-    """The images used by messages[:upto], in placeholder order."""
-    count = sum(p["type"] == "image" for m in messages[:upto] for p in m["content"])
-    return images[:count]
+def render_chat(processor: Any, messages: list[dict[str, Any]], generation_prompt: bool = False) -> str:
+    """The conversation as text. Some processors drop the chat template they are given
+    (BLIP-2, InstructBLIP); their tokenizer still has it."""
+    owner = processor
+    if getattr(owner, "chat_template", None) is None and getattr(
+            getattr(owner, "tokenizer", None), "chat_template", None):
+        owner = owner.tokenizer
+    return owner.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
 
 
-def _open(images: list[Any]) -> list[Any]:
-    from PIL import Image
+def _upto(messages: list[dict[str, Any]], refs: list[Any], upto: int, kind: str) -> list[Any]:
+    """The media of one kind used by messages[:upto], in placeholder order."""
+    count = sum(p["type"] == kind for m in messages[:upto] for p in m["content"])
+    return refs[:count]
 
-    out = []
-    for image in images:
-        if hasattr(image, "convert"):
-            out.append(image.convert("RGB"))
-        else:
-            with Image.open(image) as handle:
-                out.append(handle.convert("RGB"))
-    return out
+
+@dataclass
+class RowStats:
+    """One row as the model will see it: token counts, where its media end and its labels start."""
+
+    tokens: int
+    image_tokens: int
+    video_tokens: int
+    media_end: int  # one past the last image/video token (0 without media)
+    first_label: int  # the first trained position
+
+    @property
+    def text_tokens(self) -> int:
+        return self.tokens - self.image_tokens - self.video_tokens
 
 
 class Collator:
     """Turns samples into a padded batch. The assistant spans are found by rendering the
     conversation up to each assistant turn (with and without that turn) and counting tokens,
-    which works for any chat template that renders earlier turns the same way."""
+    which works for any chat template that renders earlier turns the same way. Turns marked
+    `train: false` (ms-swift's `"loss": false`) stay -100."""
 
-    def __init__(self, processor: Any, seq_len: int) -> None:
+    def __init__(self, processor: Any, seq_len: int, *, video_frames: int | None = None,
+                 video_fps: float | None = None) -> None:
         self.processor = processor
         self.seq_len = seq_len
+        self.video_frames, self.video_fps = video_frames, video_fps
         tokenizer = getattr(processor, "tokenizer", processor)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.media_ids = {kind: _token_id(processor, kind) for kind in ("image", "video")}
+        self.batch_aligned = type(processor).__name__ in BATCH_ALIGNED
 
     def render(self, messages: list[dict[str, Any]], generation_prompt: bool = False) -> str:
-        return self.processor.apply_chat_template(messages, tokenize=False,
-                                                  add_generation_prompt=generation_prompt)
+        return render_chat(self.processor, messages, generation_prompt)
 
-    def encode(self, text: str, images: list[Any]) -> dict[str, Any]:
-        return self.processor(text=[text], images=images or None, return_tensors="pt")
+    def encode(self, text: str, images: list[Any], videos: list[Any] | None = None) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"text": [text], "return_tensors": "pt"}
+        if images:
+            kwargs["images"] = images
+        if videos:
+            kwargs["videos"] = videos
+        return self.processor(**kwargs)
 
-    def labels(self, sample: Sample, images: list[Any], input_ids: Any) -> Any:
+    def _span(self, sample: Sample, media: tuple[list[Any], list[Any]], full: list[int], k: int) -> tuple[int, int]:
+        images, videos = media
+        start_text = self.render(sample.messages[:k], generation_prompt=True)
+        end_text = self.render(sample.messages[: k + 1]).rstrip()
+        start = self.encode(start_text, _upto(sample.messages, images, k, "image"),
+                            _upto(sample.messages, videos, k, "video"))["input_ids"][0]
+        end = self.encode(end_text, _upto(sample.messages, images, k + 1, "image"),
+                          _upto(sample.messages, videos, k + 1, "video"))["input_ids"][0]
+        # Longest common prefixes, not lengths: some processors append a token to every
+        # text they encode (PaliGemma adds "\n"), which the full conversation does not have.
+        n_start, n_end = _common(full, start.tolist()), _common(full, end.tolist())
+        if n_end <= n_start:
+            raise BadInput(f"data {sample.where}: the chat template does not render earlier "
+                           "turns the same way, so assistant tokens cannot be located",
+                           "use a template that is prefix-stable (most are)")
+        return n_start, n_end
+
+    def labels(self, sample: Sample, media: tuple[list[Any], list[Any]], input_ids: Any) -> Any:
         import torch
 
         labels = torch.full_like(input_ids, IGNORE)
         full = input_ids.tolist()
         for k, message in enumerate(sample.messages):
-            if message["role"] != "assistant":
-                continue
-            start_text = self.render(sample.messages[:k], generation_prompt=True)
-            end_text = self.render(sample.messages[: k + 1]).rstrip()
-            start = self.encode(start_text, _images(sample.messages, images, k))["input_ids"][0]
-            end = self.encode(end_text, _images(sample.messages, images, k + 1))["input_ids"][0]
-            # Longest common prefixes, not lengths: some processors append a token to every
-            # text they encode (PaliGemma adds "\n"), which the full conversation does not have.
-            n_start, n_end = _common(full, start.tolist()), _common(full, end.tolist())
-            if n_end <= n_start:
-                raise BadInput(f"data line {sample.line}: the chat template does not render earlier "
-                               "turns the same way, so assistant tokens cannot be located",
-                               "use a template that is prefix-stable (most are)")
-            labels[n_start:n_end] = input_ids[n_start:n_end]
+            if message["role"] == "assistant" and message.get("train", True):
+                n_start, n_end = self._span(sample, media, full, k)
+                labels[n_start:n_end] = input_ids[n_start:n_end]
         return labels
 
-    def encode_sample(self, sample: Sample) -> dict[str, Any]:
-        images = _open(sample.images)
-        batch = dict(self.encode(self.render(sample.messages), images))
+    def load_media(self, sample: Sample) -> tuple[list[Any], list[Any]]:
+        from .media import load_video, open_image
+
+        return ([open_image(r) for r in sample.images],
+                [load_video(r, self.video_frames, self.video_fps) for r in sample.videos])
+
+    def full_encoding(self, sample: Sample) -> dict[str, Any]:
+        """The whole row, labelled, before any truncation."""
+        media = self.load_media(sample)
+        batch = dict(self.encode(self.render(sample.messages), *media))
         input_ids = batch["input_ids"][0]
-        batch["labels"] = self.labels(sample, images, input_ids)[None]
+        batch["labels"] = self.labels(sample, media, input_ids)[None]
+        if any(k in batch for k in PROMPT_ONLY):
+            batch.update(self.prompt_inputs(sample, media))
         if type(self.processor).__name__ in PREFIX_LM and "token_type_ids" in batch:
             batch["token_type_ids"] = prefix_types(batch["labels"])
-        return self.truncate(batch)
+        return batch
 
-    def truncate(self, batch: dict[str, Any]) -> dict[str, Any]:
-        """Cut text beyond seq_len, but never inside the image tokens (the model would fail)."""
+    def prompt_inputs(self, sample: Sample, media: tuple[list[Any], list[Any]]) -> dict[str, Any]:
+        """The PROMPT_ONLY inputs, encoded from the turns before the first assistant turn."""
+        first = next((k for k, m in enumerate(sample.messages) if m["role"] == "assistant"),
+                     len(sample.messages))
+        images, videos = media
+        prompt = self.encode(self.render(sample.messages[:first], generation_prompt=True),
+                             _upto(sample.messages, images, first, "image"),
+                             _upto(sample.messages, videos, first, "video"))
+        return {k: prompt[k] for k in PROMPT_ONLY if k in prompt}
+
+    def measure(self, sample: Sample) -> RowStats:
+        """What `finetune` checks before training: token counts and the media / label bounds."""
+        batch = self.full_encoding(sample)
+        ids = batch["input_ids"][0]
+        counts, end = {}, 0
+        for kind, token in self.media_ids.items():
+            where = (ids == token).nonzero().flatten() if token is not None else ids[:0]
+            counts[kind] = len(where)
+            if len(where):
+                end = max(end, int(where.max()) + 1)
+        trained = (batch["labels"][0] != IGNORE).nonzero().flatten()
+        first = int(trained[0]) if len(trained) else len(ids)
+        return RowStats(len(ids), counts["image"], counts["video"], end, first)
+
+    def encode_sample(self, sample: Sample) -> dict[str, Any]:
+        return self.truncate(self.full_encoding(sample), sample)
+
+    def truncate(self, batch: dict[str, Any], sample: Sample | None = None) -> dict[str, Any]:
+        """Cut text beyond seq_len. Rows whose media or first label lie beyond it were refused
+        before training (`measure`); meeting one here is a bug, not a row to cut."""
         length = batch["input_ids"].shape[1]
         if length <= self.seq_len:
             return batch
-        image_id = getattr(self.processor, "image_token_id", None)
-        positions = (batch["input_ids"][0] == image_id).nonzero() if image_id is not None else []
-        keep = max(self.seq_len, int(positions.max()) + 1 if len(positions) else 0)
-        return {k: (v[:, :keep] if _is_sequence(v, length) else v) for k, v in batch.items()}
+        ids = batch["input_ids"][0]
+        for token in self.media_ids.values():
+            if token is not None and bool((ids[self.seq_len:] == token).any()):
+                where = sample.where if sample else "a row"
+                raise BadInput(f"data {where}: its media tokens run past --seq-len {self.seq_len}",
+                               "raise --seq-len, or lower --max-pixels / --video-frames")
+        return {k: (v[:, :self.seq_len] if _is_sequence(v, length) else v) for k, v in batch.items()}
 
     def __call__(self, samples: list[Sample]) -> dict[str, Any]:
         encoded = [self.encode_sample(s) for s in samples]
-        return pad_and_stack(encoded, self.pad_id)
+        return pad_and_stack(encoded, self.pad_id, batch_aligned=self.batch_aligned)
+
+
+def _token_id(processor: Any, kind: str) -> int | None:
+    for owner in (processor, getattr(processor, "tokenizer", None)):
+        value = getattr(owner, f"{kind}_token_id", None)
+        if isinstance(value, int):
+            return value
+    return None
 
 
 def prefix_types(labels: Any) -> Any:
@@ -124,27 +209,44 @@ def _is_sequence(value: Any, length: int) -> bool:
     return hasattr(value, "dim") and value.dim() >= 2 and value.shape[0] == 1 and value.shape[1] == length
 
 
-def pad_and_stack(encoded: list[dict[str, Any]], pad_id: int) -> dict[str, Any]:
-    """Right-pad everything that runs along the sequence; concatenate the rest (pixel values,
-    grids) along the first dimension."""
+def _pad_to(value: Any, shape: tuple[int, ...], fill: Any) -> Any:
+    """`value` grown to `shape` (never shrunk), new cells set to `fill`."""
     import torch
 
-    longest = max(e["input_ids"].shape[1] for e in encoded)
+    if tuple(value.shape) == shape:
+        return value
+    out = torch.full(shape, fill, dtype=value.dtype)
+    out[tuple(slice(0, n) for n in value.shape)] = value
+    return out
+
+
+def pad_and_stack(encoded: list[dict[str, Any]], pad_id: int, *, batch_aligned: bool = False) -> dict[str, Any]:
+    """Right-pad everything that runs along the sequence; concatenate the rest (pixel values,
+    grids) along the first dimension, zero-padding other dimensions to the largest. Rows may
+    differ in what they hold (text-only beside image and video rows): sequence tensors a row lacks
+    are zeros; for processors whose media tensors carry the batch dimension (`batch_aligned`) a
+    row without media gets an all-zero entry, which those models skip as padding."""
+    import torch
+
+    lengths = [e["input_ids"].shape[1] for e in encoded]
+    longest = max(lengths)
+    keys = list(dict.fromkeys(k for e in encoded for k in e))
     out: dict[str, Any] = {}
-    for key in encoded[0]:
-        values = [e[key] for e in encoded]
-        if all(_is_sequence(v, e["input_ids"].shape[1]) for v, e in zip(values, encoded)):
+    for key in keys:
+        present = [e[key] for e in encoded if key in e]
+        if not all(hasattr(v, "dim") for v in present):
+            out[key] = present[0] if len(present) == 1 else present
+            continue
+        sequence = all(_is_sequence(e[key], n) for e, n in zip(encoded, lengths) if key in e)
+        rest = tuple(max(v.shape[d] for v in present) for d in range(2 if sequence else 1, present[0].dim()))
+        if sequence:
             fill = pad_id if key == "input_ids" else (IGNORE if key == "labels" else 0)
-            padded = []
-            for v in values:
-                extra = longest - v.shape[1]
-                if extra:
-                    pad = torch.full((1, extra, *v.shape[2:]), fill, dtype=v.dtype)
-                    v = torch.cat([v, pad], dim=1)
-                padded.append(v)
-            out[key] = torch.cat(padded, dim=0)
-        elif hasattr(values[0], "dim"):
-            out[key] = torch.cat(values, dim=0)
+            rows = [_pad_to(e[key] if key in e else torch.zeros((1, n, *rest), dtype=present[0].dtype),
+                            (1, longest, *rest), fill) for e, n in zip(encoded, lengths)]
+        elif batch_aligned or key in PER_ROW_KEYS:
+            rows = [_pad_to(e[key], (e[key].shape[0], *rest), 0) if key in e
+                    else torch.zeros((1, *rest), dtype=present[0].dtype) for e in encoded]
         else:
-            out[key] = values[0] if len(values) == 1 else values
+            rows = [_pad_to(v, (v.shape[0], *rest), 0) for v in present]
+        out[key] = torch.cat(rows, dim=0)
     return out

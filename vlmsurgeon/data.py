@@ -1,39 +1,46 @@
-"""Training data as users already have it: JSONL in the messages format (TRL, LLaMA-Factory),
-LLaVA-style `conversations` with `<image>`, or a `datasets` directory (save_to_disk). Every row
-is validated before training starts; bad rows are reported by line number and reason."""
+"""Training data as users already have it. `readers` find the rows (JSONL, JSON arrays, tables,
+`datasets` folders, LLaMA-Factory dataset_info.json), `formats` turn each into one shape, `media`
+checks every image and video. Every row is validated before training; bad rows are reported by
+row and reason, and columns no reader used are reported with a count, never dropped silently."""
 
 from __future__ import annotations
 
 import hashlib
-import json
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import BadInput
-
-IMAGE = "<image>"
-ROLES = {"user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant",
-         "model": "assistant", "system": "system"}
+from .formats import RowError, Spec, convert
+from .media import MediaError, check_image, check_video, resolve
+from .readers import open_source
 
 
 @dataclass
 class Sample:
-    """One conversation: messages with content parts ({"type": "image"} / {"type": "text"}),
-    and its images (paths, or PIL images from a datasets directory), in placeholder order."""
+    """One conversation: messages with content parts ({"type": "image" | "video" | "text"}) and a
+    `train` flag per message, and its media (paths, bytes or PIL images) in placeholder order."""
 
     line: int
     messages: list[dict[str, Any]]
     images: list[Any] = field(default_factory=list)
+    videos: list[Any] = field(default_factory=list)
+    format: str = "messages"
+    unit: str = "line"
+
+    @property
+    def where(self) -> str:
+        return f"{self.unit} {self.line}"
 
 
 @dataclass
 class BadRow:
     line: int
     reason: str
+    unit: str = "line"
 
     def __str__(self) -> str:
-        return f"line {self.line}: {self.reason}"
+        return f"{self.unit} {self.line}: {self.reason}"
 
 
 @dataclass
@@ -42,97 +49,55 @@ class Dataset:
     samples: list[Sample]
     bad: list[BadRow]
     sha256: str
+    kind: str = "jsonl"
+    formats: dict[str, int] = field(default_factory=dict)
+    unused: dict[str, int] = field(default_factory=dict)  # column -> rows that had it
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def images(self) -> int:
+        return sum(len(s.images) for s in self.samples)
+
+    @property
+    def videos(self) -> int:
+        return sum(len(s.videos) for s in self.samples)
+
+    def messages(self) -> list[str]:
+        """What was read but not used, said once each with a count."""
+        said = list(self.notes)
+        for column, rows in sorted(self.unused.items()):
+            said.append(f"column '{column}' is not used ({rows} row(s) have it)")
+        untrained = sum(1 for s in self.samples for m in s.messages if m["role"] == "assistant" and not m["train"])
+        if untrained:
+            said.append(f"{untrained} assistant turn(s) marked loss: false are context only (not trained)")
+        return said
 
 
-def _parts(content: Any) -> list[dict[str, Any]]:
-    """A message's content as parts; `<image>` inside a string becomes an image part."""
-    if isinstance(content, list):
-        parts = []
-        for item in content:
-            if not isinstance(item, dict) or item.get("type") not in ("image", "text"):
-                raise ValueError("content parts must be {type: image} or {type: text, text: …}")
-            if item["type"] == "text":
-                parts.extend(_parts(str(item.get("text", ""))))
-            else:
-                parts.append({"type": "image"})
-        return parts
-    if not isinstance(content, str):
-        raise ValueError("message content must be a string or a list of parts")
-    pieces = content.split(IMAGE)
-    parts = []
-    for i, chunk in enumerate(pieces):
-        if i:
-            parts.append({"type": "image"})
-        text = chunk.strip("\n") if len(pieces) > 1 else chunk  # "<image>\nQuestion" style
-        if text.strip():
-            parts.append({"type": "text", "text": text})
-    return parts
-
-
-def _messages(row: dict[str, Any]) -> list[dict[str, Any]]:
-    if "messages" in row:
-        raw = [(m.get("role"), m.get("content")) for m in row["messages"] if isinstance(m, dict)]
-    elif "conversations" in row:
-        raw = [(m.get("from"), m.get("value")) for m in row["conversations"] if isinstance(m, dict)]
-    else:
-        raise ValueError("no 'messages' or 'conversations'")
-    out = []
-    for k, (role, content) in enumerate(raw):
-        if role not in ROLES:
-            raise ValueError(f"message {k}: unknown role {role!r}")
-        out.append({"role": ROLES[role], "content": _parts(content)})
-    if not out:
-        raise ValueError("empty conversation")
-    return out
-
-
-def _check(messages: list[dict[str, Any]], images: list[Any]) -> None:
+def _check(messages: list[dict[str, Any]], images: list[Any], videos: list[Any]) -> None:
     assistant = [k for k, m in enumerate(messages) if m["role"] == "assistant"]
     if not assistant:
-        raise ValueError("no assistant turn")
+        raise RowError("no assistant turn")
     for k in assistant:
         text = "".join(p.get("text", "") for p in messages[k]["content"] if p["type"] == "text")
         if not text.strip():
-            raise ValueError(f"empty assistant turn (message {k})")
-    placeholders = sum(p["type"] == "image" for m in messages for p in m["content"])
-    if placeholders != len(images):
-        raise ValueError(f"{placeholders} image placeholder(s) but {len(images)} image(s)")
+            raise RowError(f"empty assistant turn (message {k})")
+        if any(p["type"] != "text" for p in messages[k]["content"]):
+            raise RowError(f"media inside an assistant turn (message {k}): the model reads media, it does not write them")
+    if not any(messages[k]["train"] for k in assistant):
+        raise RowError("every assistant turn is marked loss: false, so nothing would train")
+    for kind, refs in (("image", images), ("video", videos)):
+        placeholders = sum(p["type"] == kind for m in messages for p in m["content"])
+        if placeholders != len(refs):
+            raise RowError(f"{placeholders} {kind} placeholder(s) but {len(refs)} {kind}(s)")
 
 
-def _image_list(row: dict[str, Any]) -> list[Any]:
-    images = row.get("images", row.get("image"))
-    if images is None:
-        return []
-    return images if isinstance(images, list) else [images]
-
-
-def _resolve_images(images: list[Any], base: Path) -> list[Any]:
-    from PIL import Image
-
+def _media(refs: list[Any], base: Path, root: Path | None, kind: str) -> list[Any]:
     resolved = []
-    for image in images:
-        if not isinstance(image, (str, Path)):
-            resolved.append(image)  # already an image (datasets Image feature)
-            continue
-        path = (base / image) if not Path(image).is_absolute() else Path(image)
-        if not path.is_file():
-            raise ValueError(f"image not found: {image}")
-        try:
-            with Image.open(path) as handle:
-                handle.verify()
-        except Exception as exc:
-            raise ValueError(f"cannot open image {image} ({type(exc).__name__})") from exc
-        resolved.append(path)
+    for ref in refs:
+        item = resolve(ref, base, root, kind)
+        (check_image if kind == "image" else check_video)(item)
+        resolved.append(item)
     return resolved
-
-
-def _sample(line: int, row: Any, base: Path) -> Sample:
-    if not isinstance(row, dict):
-        raise ValueError("row is not a JSON object")
-    messages = _messages(row)
-    images = _resolve_images(_image_list(row), base)
-    _check(messages, images)
-    return Sample(line, messages, images)
 
 
 def file_sha256(path: Path) -> str:
@@ -146,42 +111,31 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def load_dataset_rows(path: Path) -> Dataset:
+def load_dataset_rows(path: Path | str, *, image_root: Path | str | None = None) -> Dataset:
     """Read and validate every row; never raises for a bad row (they are collected)."""
-    if not path.exists():
-        raise BadInput(f"data '{path}': no such file or directory",
-                       "pass a .jsonl file or a datasets directory (save_to_disk)")
+    source = open_source(path)
+    root = Path(image_root) if image_root else None
     samples, bad = [], []
-    for line, row, error in _rows(path):
+    formats: Counter[str] = Counter()
+    unused: Counter[str] = Counter()
+    for line, row, error in source.rows():
         if error:
-            bad.append(BadRow(line, error))
+            bad.append(BadRow(line, error, source.unit))
             continue
         try:
-            samples.append(_sample(line, row, path.parent if path.is_file() else path))
-        except ValueError as exc:
-            bad.append(BadRow(line, str(exc)))
-    return Dataset(path, samples, bad, file_sha256(path))
+            converted = convert(row, source.spec)
+            images = _media(converted.images, source.base, root, "image")
+            videos = _media(converted.videos, source.base, root, "video")
+            _check(converted.messages, images, videos)
+        except (RowError, MediaError) as exc:
+            bad.append(BadRow(line, str(exc), source.unit))
+            continue
+        formats[converted.format] += 1
+        unused.update(k for k in row if k not in converted.used and row.get(k) not in (None, "", [], {}))
+        samples.append(Sample(line, converted.messages, images, videos, converted.format, source.unit))
+    target = source.path
+    return Dataset(target, samples, bad, file_sha256(target), source.kind, dict(formats), dict(unused),
+                   list(source.notes))
 
 
-def _rows(path: Path):
-    if path.is_dir():
-        try:
-            from datasets import load_from_disk
-
-            table = load_from_disk(str(path))
-        except Exception as exc:
-            raise BadInput(f"data '{path}': not a datasets directory ({type(exc).__name__})",
-                           "save it with Dataset.save_to_disk, or pass a .jsonl file") from exc
-        if hasattr(table, "keys") and "train" in table:
-            table = table["train"]
-        for i, row in enumerate(table, start=1):
-            yield i, row, None
-        return
-    with path.open(encoding="utf-8") as fh:
-        for i, text in enumerate(fh, start=1):
-            if not text.strip():
-                continue
-            try:
-                yield i, json.loads(text), None
-            except json.JSONDecodeError as exc:
-                yield i, None, f"invalid JSON ({exc.msg} at column {exc.colno})"
+__all__ = ["BadRow", "Dataset", "Sample", "Spec", "load_dataset_rows", "file_sha256"]

@@ -55,6 +55,7 @@ def _full_tensors(applied: Any) -> dict[str, Any]:
 
 
 def write_run_outputs(run_dir: Path, applied: Any, processor: Any, *, opts: Any, source: Any, data: Any,
+                      data_report: Any,
                       quantized: bool, global_step: int, final_loss: float | None,
                       train_loss: float | None, world_size: int = 1, compute_dtype: str = "fp32",
                       gradients: dict[str, Any] | None = None) -> None:
@@ -84,8 +85,8 @@ def write_run_outputs(run_dir: Path, applied: Any, processor: Any, *, opts: Any,
             "trainable_params": applied.trainable,
             "modules_to_save": applied.modules_to_save,
             "loose_trainable": applied.loose_trainable,
-            "data": {"path": str(data.path), "sha256": data.sha256, "rows": len(data.samples),
-                     "skipped_bad_rows": len(data.bad)},
+            "data": {"path": str(data.path), "sha256": data.sha256, **data_report.record(),
+                     "skipped_bad_rows": data_report.skipped, "processor": data_report.processor},
             "training": {"global_step": global_step, "final_loss": final_loss, "train_loss": train_loss,
                          "world_size": world_size, "compute_dtype": compute_dtype,
                          **opts.model_dump(exclude={"model", "output", "data"})},

@@ -41,6 +41,12 @@ class RunOptions(BaseModel):
     dtype: Literal["auto", "bf16", "fp32"] = "auto"
     warmup_ratio: float = Field(default=0.0, ge=0, lt=1)
     skip_bad_rows: bool = False
+    image_root: Optional[str] = None
+    max_pixels: Optional[int] = Field(default=None, gt=0)
+    min_pixels: Optional[int] = Field(default=None, gt=0)
+    image_size: Optional[int] = Field(default=None, gt=0)
+    video_frames: Optional[int] = Field(default=None, gt=0)
+    video_fps: Optional[float] = Field(default=None, gt=0)
     strict_grads: bool = False
 
     def require(self, key: str, flag: str) -> str:

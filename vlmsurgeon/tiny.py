@@ -3,6 +3,7 @@ transformers' own config classes, a byte-level tokenizer and the family's image 
 
 from __future__ import annotations
 
+import inspect
 import os
 import shutil
 import tempfile
@@ -16,6 +17,7 @@ _TEMPLATE = """{%- macro render(content) -%}
 {%- if content is string -%}{{- content -}}
 {%- else -%}{%- for item in content -%}
 {%- if item['type'] == 'image' -%}{{- '@IMAGE@' -}}
+{%- elif item['type'] == 'video' -%}{{- '@VIDEO@' -}}
 {%- elif item['type'] == 'text' -%}{{- item['text'] -}}{%- endif -%}
 {%- endfor -%}{%- endif -%}
 {%- endmacro -%}
@@ -33,6 +35,7 @@ def chat_template(family: Family) -> str:
     """A ChatML-style template; assistant turns are wrapped in {% generation %} so that
     `return_assistant_tokens_mask` marks exactly what the model should learn to write."""
     return (_TEMPLATE.replace("@IMAGE@", family.placeholder)
+            .replace("@VIDEO@", family.video_placeholder or "")
             .replace("@BOS@", "{{- bos_token -}}" if family.bos else "")
             .replace("@T0@", family.turn[0]).replace("@T1@", family.turn[1]))
 
@@ -73,8 +76,14 @@ def build_processor(family: Family, tokenizer: Any) -> Any:
     if family.video_processor:
         parts["video_processor"] = getattr(transformers, family.video_processor)(
             **family.video_processor_kwargs)
-    return getattr(transformers, family.processor)(
-        **parts, chat_template=chat_template(family), **family.processor_kwargs)
+    # A callable value builds a further part from the tokenizer (a feature extractor, a
+    # second tokenizer).
+    extra = {k: v(tokenizer) if callable(v) else v for k, v in family.processor_kwargs.items()}
+    cls = getattr(transformers, family.processor)
+    params = inspect.signature(cls.__init__).parameters.values()
+    if any(p.name == "chat_template" or p.kind is p.VAR_KEYWORD for p in params):
+        extra["chat_template"] = chat_template(family)  # else only the tokenizer carries it
+    return cls(**parts, **extra)
 
 
 def build_config(family: Family, tokenizer: Any) -> Any:

@@ -35,6 +35,7 @@ class Family:
     processor_kwargs: dict[str, Any] = field(default_factory=dict)
     video_processor: str | None = None
     video_processor_kwargs: dict[str, Any] = field(default_factory=dict)
+    video_placeholder: str | None = None  # what the chat template writes for a video
     extra_tokens: tuple[str, ...] = ()
     bos: str | None = None
     eos: str = "<|im_end|>"
@@ -52,6 +53,7 @@ _QWEN_MROPE = {"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta":
 _QWEN_SPECIALS = {"image_token": "<|image_pad|>", "video_token": "<|video_pad|>",
                   "vision_start_token": "<|vision_start|>", "vision_end_token": "<|vision_end|>"}
 _QWEN_PLACEHOLDER = "<|vision_start|><|image_pad|><|vision_end|>"
+QWEN_VIDEO = "<|vision_start|><|video_pad|><|vision_end|>"
 _QWEN_PATCH = {"patch_size": 4, "merge_size": 2, "temporal_patch_size": 2,
                "size": {"shortest_edge": 16 * 16, "longest_edge": 64 * 64}}
 _QWEN_VISION = {"patch_size": 4, "spatial_merge_size": 2, "temporal_patch_size": 2, "in_channels": 3}
@@ -74,6 +76,7 @@ FAMILIES: dict[str, Family] = {
                               "mlp_ratio": 2, **_QWEN_VISION},
             **_qwen_ids(tid)},
         _QWEN_PATCH, video_processor="Qwen2VLVideoProcessor", video_processor_kwargs=_QWEN_PATCH,
+        video_placeholder=QWEN_VIDEO,
     ),
     "qwen2_5_vl": Family(
         "Qwen2_5_VLConfig", "Qwen2_5_VLProcessor", "Qwen2VLImageProcessor", _QWEN_PLACEHOLDER,
@@ -85,6 +88,7 @@ FAMILIES: dict[str, Family] = {
                               "fullatt_block_indexes": [1], **_QWEN_VISION},
             **_qwen_ids(tid)},
         _QWEN_PATCH, video_processor="Qwen2VLVideoProcessor", video_processor_kwargs=_QWEN_PATCH,
+        video_placeholder=QWEN_VIDEO,
     ),
     "qwen3_vl": Family(
         "Qwen3VLConfig", "Qwen3VLProcessor", "Qwen2VLImageProcessor", _QWEN_PLACEHOLDER,
@@ -96,6 +100,7 @@ FAMILIES: dict[str, Family] = {
                               "deepstack_visual_indexes": [0], **_QWEN_VISION},
             **_qwen_ids(tid)},
         _QWEN_PATCH, video_processor="Qwen3VLVideoProcessor", video_processor_kwargs=_QWEN_PATCH,
+        video_placeholder=QWEN_VIDEO,
     ),
     "llava": Family(
         "LlavaConfig", "LlavaProcessor", "CLIPImageProcessor", "<image>", {"image_token": "<image>"},

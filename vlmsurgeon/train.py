@@ -36,18 +36,50 @@ class FinetuneResult:
     skipped_rows: int
 
 
-def _data(path: str, opts: RunOptions, run_dir: Path, label: str) -> Dataset:
-    data = load_dataset_rows(Path(path))
-    if data.bad and not opts.skip_bad_rows:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        report = run_dir / REPORT
-        report.write_text("".join(f"{path}: {row}\n" for row in data.bad))
-        raise BadInput(f"{label} '{path}': {len(data.bad)} bad row(s) of "
-                       f"{len(data.bad) + len(data.samples)}, first: {data.bad[0]}; all in {report}",
-                       "fix those rows, or pass --skip-bad-rows to train without them")
-    if not data.samples:
-        raise BadInput(f"{label} '{path}': no usable rows", "check the file's format (see README)")
+def _rows(path: str, opts: RunOptions, label: str) -> Dataset:
+    data = load_dataset_rows(path, image_root=opts.image_root)
+    if not data.samples and not data.bad:
+        raise BadInput(f"{label} '{path}': no rows", "check the file's format (see README)")
     return data
+
+
+def checked_rows(data: Dataset, collator: Any, opts: RunOptions, run_dir: Path | None, label: str) -> tuple[Any, list[Any]]:
+    """The pre-pass: every row through the processor; bad and over-limit rows stop the run
+    (exit 2, before any weight is loaded) unless --skip-bad-rows."""
+    from .datacheck import check_rows
+
+    report, usable = check_rows(data, collator)
+    problems = report.bad + report.over_limit
+    if problems and not opts.skip_bad_rows:
+        where = ""
+        if run_dir is not None:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / REPORT).write_text("".join(f"{data.path}: {row}\n" for row in problems))
+            where = f"; all in {run_dir / REPORT}"
+        first = sorted(problems, key=lambda b: b.line)[0]
+        raise BadInput(f"{label} '{data.path}': {len(problems)} bad row(s) of {len(problems) + len(usable)}, "
+                       f"first: {first}{where}", "fix those rows, or pass --skip-bad-rows to train without them")
+    if not usable:
+        raise BadInput(f"{label} '{data.path}': no usable rows", "check the file's format (see README)")
+    return report, usable
+
+
+def load_processor(reference: str, opts: RunOptions) -> tuple[Any, dict[str, Any]]:
+    from transformers import AutoProcessor
+
+    from .datacheck import apply_overrides, processor_overrides
+
+    processor = AutoProcessor.from_pretrained(reference)
+    video = getattr(processor, "video_processor", None)
+    if video is not None and getattr(video, "cap_pixels_per_frame", False) is None:
+        video.cap_pixels_per_frame = True  # the reference (qwen-vl-utils) budget, future default
+    return processor, apply_overrides(processor, processor_overrides(opts))
+
+
+def make_collator(processor: Any, opts: RunOptions) -> Any:
+    from .collate import Collator
+
+    return Collator(processor, opts.seq_len, video_frames=opts.video_frames, video_fps=opts.video_fps)
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
@@ -104,9 +136,8 @@ def load_for_training(reference: str, opts: RunOptions, preset: Any, tree: Any, 
 
 
 def finetune(opts: RunOptions, *, resume: bool = False, trust_remote_code: bool = False) -> FinetuneResult:
-    from transformers import AutoProcessor, set_seed
+    from transformers import set_seed
 
-    from .collate import Collator
     from .freeze import apply_preset, classified_tree, present_components
     from .inspection import meta_model
     from .plan import resolve_preset
@@ -114,8 +145,8 @@ def finetune(opts: RunOptions, *, resume: bool = False, trust_remote_code: bool 
 
     reference = opts.require_model()
     run_dir = Path(opts.require("output", "-o RUN_DIR"))
-    data = _data(opts.require("data", "--data DATA"), opts, run_dir, "data")
-    eval_data = _data(opts.eval_data, opts, run_dir, "eval data") if opts.eval_data else None
+    data = _rows(opts.require("data", "--data DATA"), opts, "data")
+    eval_data = _rows(opts.eval_data, opts, "eval data") if opts.eval_data else None
     checkpoint = _check_run_dir(run_dir, resume)
     source, meta = meta_model(reference, trust_remote_code=trust_remote_code)
     blocker = training_blocker(meta.config)
@@ -132,7 +163,13 @@ def finetune(opts: RunOptions, *, resume: bool = False, trust_remote_code: bool 
         print(f"vlmsurgeon: warning: preset '{preset.name}' trains no LoRA adapter, and a 4-bit model "
               "trains only through adapters: loading without 4-bit (--quantize none)", file=sys.stderr)
         opts = opts.model_copy(update={"quantize": "none"})
-    processor = AutoProcessor.from_pretrained(reference)
+    processor, pixels = load_processor(reference, opts)
+    collator = make_collator(processor, opts)
+    report, rows = checked_rows(data, collator, opts, run_dir, "data")
+    eval_rows = checked_rows(eval_data, collator, opts, run_dir, "eval data")[1] if eval_data else None
+    report.processor = pixels
+    if os.environ.get("RANK", "0") == "0":
+        print_data_summary(report)
     model = load_for_training(reference, opts, preset, tree, source.model_type)
     quantized = "quantization_config" in getattr(model.config, "__dict__", {}) or getattr(
         model, "is_loaded_in_4bit", False)
@@ -150,8 +187,7 @@ def finetune(opts: RunOptions, *, resume: bool = False, trust_remote_code: bool 
     run_dir.mkdir(parents=True, exist_ok=True)
     stop = StopOnSignal()
     grads = GradCheck(applied, opts.strict_grads)
-    trainer = make_trainer(applied, opts, run_dir / CHECKPOINTS, data.samples,
-                           eval_data.samples if eval_data else None, Collator(processor, opts.seq_len),
+    trainer = make_trainer(applied, opts, run_dir / CHECKPOINTS, rows, eval_rows, collator,
                            callbacks=[Progress(), JsonlLog(run_dir / "log.jsonl"), MarkComplete(), stop, grads])
     with stop.installed():
         try:
@@ -166,12 +202,24 @@ def finetune(opts: RunOptions, *, resume: bool = False, trust_remote_code: bool 
     final_loss = _last_loss(trainer.state.log_history)
     if trainer.is_world_process_zero():
         write_run_outputs(run_dir, applied, processor, opts=opts, source=source, data=data,
-                          quantized=bool(quantized), global_step=trainer.state.global_step,
+                          data_report=report, quantized=bool(quantized), global_step=trainer.state.global_step,
                           final_loss=final_loss, train_loss=output.training_loss,
                           world_size=trainer.args.world_size,
                           gradients=grads.report.to_json() if grads.report is not None else None,
                           compute_dtype="bf16" if str(_dtype(opts)) == "torch.bfloat16" else "fp32")
-    return FinetuneResult(run_dir, trainer.state.global_step, final_loss, applied, len(data.bad))
+    return FinetuneResult(run_dir, trainer.state.global_step, final_loss, applied, report.skipped)
+
+
+def print_data_summary(report: Any) -> None:
+    """The data summary on stderr before training (what `data check` prints in full)."""
+    media = f", {report.images} image(s)" + (f", {report.videos} video(s)" if report.videos else "")
+    formats = ", ".join(f"{n} {k}" for k, n in sorted(report.formats.items()))
+    total = report.stats()["total"]
+    print(f"data: {report.rows} row(s) ({formats}){media}; tokens p50 {total['p50']}, max {total['max']} "
+          f"(--seq-len {report.seq_len}); {report.truncated} truncated, {report.skipped} skipped",
+          file=sys.stderr)
+    for note in report.notes:
+        print(f"data: note: {note}", file=sys.stderr)
 
 
 def read_run(run_dir: Path) -> dict[str, Any]:

@@ -1,0 +1,133 @@
+"""Media references as datasets hold them: a path (relative to the data file or `--image-root`), a
+dict with `path` / `bytes` (a `datasets` Image feature, undecoded), raw bytes, base64 or a
+`data:` URI, or an already decoded PIL image. Each is checked at validation time; a URL is
+refused there ("download first"), never found missing in the middle of a run."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import re
+from pathlib import Path
+from typing import Any
+
+_DATA_URI = re.compile(r"^data:(image|video)/[\w.+-]+;base64,", re.I)
+_BASE64 = re.compile(r"^[A-Za-z0-9+/=\s]+$")
+# Qwen-style processors refuse images whose long side exceeds 200 × the short side.
+MAX_ASPECT = 200
+
+
+class MediaError(ValueError):
+    pass
+
+
+def _decode_base64(text: str) -> bytes:
+    try:
+        return base64.b64decode(_DATA_URI.sub("", text).strip(), validate=False)
+    except (binascii.Error, ValueError) as exc:
+        raise MediaError(f"invalid base64 image data ({exc})") from None
+
+
+def _looks_base64(text: str) -> bool:
+    return len(text) > 256 and "/" not in text[:64].strip("+") and bool(_BASE64.match(text[:1024]))
+
+
+def resolve(ref: Any, base: Path, root: Path | None, kind: str) -> Any:
+    """A reference as something `open_image` / the video loader takes: a Path, bytes or an image."""
+    if hasattr(ref, "convert"):  # a decoded PIL image
+        return ref
+    if isinstance(ref, dict):
+        if ref.get("bytes") is not None:
+            return resolve(bytes(ref["bytes"]), base, root, kind)
+        if ref.get("path"):
+            return resolve(ref["path"], base, root, kind)
+        raise MediaError(f"{kind} object without 'path' or 'bytes' (keys: {', '.join(map(str, ref))})")
+    if isinstance(ref, (bytes, bytearray)):
+        return bytes(ref)
+    if isinstance(ref, Path):
+        ref = str(ref)
+    if not isinstance(ref, str) or not ref.strip():
+        raise MediaError(f"{kind} reference must be a path, a URL, base64 or an object, not {type(ref).__name__}")
+    if re.match(r"^(https?|s3|gs|ftp)://", ref, re.I):
+        raise MediaError(f"{kind} is a URL ({ref[:80]}): download first, then point at the files "
+                         "(relative to the data file, or pass --image-root)")
+    if _DATA_URI.match(ref) or _looks_base64(ref):
+        return _decode_base64(ref)
+    path = Path(ref).expanduser()
+    if not path.is_absolute():
+        path = (root or base) / path
+    if not path.is_file():
+        where = f" under --image-root {root}" if root else f" (relative to {base})"
+        raise MediaError(f"{kind} not found: {ref}{where}")
+    return path
+
+
+def open_image(ref: Any) -> Any:
+    """An RGB PIL image from a resolved reference."""
+    from PIL import Image
+
+    if hasattr(ref, "convert"):
+        return ref.convert("RGB")
+    source = io.BytesIO(ref) if isinstance(ref, bytes) else ref
+    with Image.open(source) as handle:
+        return handle.convert("RGB")
+
+
+def check_image(ref: Any) -> tuple[int, int]:
+    """Open far enough to know it decodes; returns (width, height)."""
+    from PIL import Image
+
+    if hasattr(ref, "size"):
+        size = ref.size
+    else:
+        try:
+            with Image.open(io.BytesIO(ref) if isinstance(ref, bytes) else ref) as handle:
+                handle.verify()
+                size = handle.size
+        except Exception as exc:
+            name = "inline image data" if isinstance(ref, bytes) else str(ref)
+            raise MediaError(f"cannot open image {name} ({type(exc).__name__})") from None
+    width, height = size
+    if min(width, height) < 1 or max(width, height) / max(min(width, height), 1) > MAX_ASPECT:
+        raise MediaError(f"image of {width}×{height} pixels: aspect ratio over {MAX_ASPECT}, which "
+                         "vision processors refuse; crop or pad it")
+    return width, height
+
+
+def check_video(ref: Any) -> int:
+    """Open the container far enough to count frames; returns the frame count (0 if unknown)."""
+    try:
+        import av
+    except ImportError as exc:  # pragma: no cover - av is a dependency
+        raise MediaError("video rows need PyAV (pip install av)") from exc
+    source = io.BytesIO(ref) if isinstance(ref, bytes) else str(ref)
+    try:
+        with av.open(source) as container:
+            stream = container.streams.video[0]
+            return int(stream.frames or 0)
+    except Exception as exc:
+        name = "inline video data" if isinstance(ref, bytes) else str(ref)
+        raise MediaError(f"cannot open video {name} ({type(exc).__name__})") from None
+
+
+def load_video(ref: Any, max_frames: int | None, fps: float | None) -> Any:
+    """Frames as a (T, H, W, 3) uint8 array, sampled evenly (at most `max_frames`, or `fps`)."""
+    import av
+    import numpy as np
+
+    source = io.BytesIO(ref) if isinstance(ref, bytes) else str(ref)
+    with av.open(source) as container:
+        stream = container.streams.video[0]
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
+        rate = float(stream.average_rate or 0) or None
+    if not frames:
+        raise MediaError(f"video {ref if not isinstance(ref, bytes) else 'data'} has no frames")
+    keep = len(frames)
+    if fps and rate:
+        keep = min(keep, max(1, round(len(frames) * fps / rate)))
+    if max_frames:
+        keep = min(keep, max_frames)
+    keep = max(2, keep) if len(frames) >= 2 else 1  # temporal patches need pairs on Qwen
+    index = np.linspace(0, len(frames) - 1, keep).round().astype(int)
+    return np.stack([frames[i] for i in index])
