@@ -27,6 +27,7 @@ class Sample:
     videos: list[Any] = field(default_factory=list)
     format: str = "messages"
     unit: str = "line"
+    tools: list[Any] = field(default_factory=list)
 
     @property
     def where(self) -> str:
@@ -132,7 +133,8 @@ def load_dataset_rows(path: Path | str, *, image_root: Path | str | None = None)
             continue
         formats[converted.format] += 1
         unused.update(k for k in row if k not in converted.used and row.get(k) not in (None, "", [], {}))
-        samples.append(Sample(line, converted.messages, images, videos, converted.format, source.unit))
+        samples.append(Sample(line, converted.messages, images, videos, converted.format, source.unit,
+                              converted.tools))
     target = source.path
     return Dataset(target, samples, bad, file_sha256(target), source.kind, dict(formats), dict(unused),
                    list(source.notes))

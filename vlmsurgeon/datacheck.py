@@ -116,6 +116,13 @@ def check_rows(data: Dataset, collator: Any) -> tuple[DataReport, list[Sample]]:
     report.formats = dict(Counter(s.format for s in usable))
     report.images = sum(len(s.images) for s in usable)
     report.videos = sum(len(s.videos) for s in usable)
+    with_tools = sum(1 for s in usable if s.tools)
+    if with_tools:
+        from .collate import renders_tools
+
+        if not renders_tools(collator.processor):
+            report.notes.append(f"{with_tools} row(s) describe tools, but this model's chat template does "
+                                "not render tools: their descriptions do not reach the model")
     if report.truncated:
         report.notes.append(f"{report.truncated} row(s) longer than --seq-len {seq_len}: text after their "
                             "media is cut (their first labels are kept)")

@@ -49,6 +49,7 @@ class Converted:
     videos: list[Any]
     used: set[str]
     format: str
+    tools: list[Any] = field(default_factory=list)
 
 
 class RowError(ValueError):
@@ -279,11 +280,26 @@ def convert(row: Any, spec: Spec = Spec()) -> Converted:
     if row.get(system_key) and not any(m["role"] == "system" for m in messages):
         messages.insert(0, build_message("system", row[system_key], inline))
     used.add(system_key)
+    tools_key = spec.col("tools")
+    tools = _tools(row.get(tools_key))
+    used.add(tools_key)
     images, image_key = _media_column(row, spec, "images")
     videos, video_key = _media_column(row, spec, "videos")
     used |= {image_key, video_key}
     images, videos = _place_media(messages, images, videos, inline)
-    return Converted(messages, images, videos, {u for u in used if u in row}, name)
+    return Converted(messages, images, videos, {u for u in used if u in row}, name, tools)
+
+
+def _tools(value: Any) -> list[Any]:
+    """Tool descriptions (a list, or its JSON text as LLaMA-Factory and ms-swift store it)."""
+    if value in (None, "", []):
+        return []
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise RowError("'tools' is text but not JSON") from None
+    return value if isinstance(value, list) else [value]
 
 
 def _place_media(messages: list[dict[str, Any]], images: list[Any], videos: list[Any],

@@ -29,8 +29,20 @@ def _decode_base64(text: str) -> bytes:
         raise MediaError(f"invalid base64 image data ({exc})") from None
 
 
+# The first bytes of the media formats a bare base64 string may hold.
+_MAGIC = (b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"RIFF", b"BM", b"II*\x00", b"MM\x00*", b"\x00\x00\x00")
+
+
 def _looks_base64(text: str) -> bool:
-    return len(text) > 256 and "/" not in text[:64].strip("+") and bool(_BASE64.match(text[:1024]))
+    """Bare base64 (no `data:` prefix): only base64 characters, and it decodes to media bytes.
+    A file name never qualifies: it has a dot."""
+    if len(text) < 32 or not _BASE64.match(text) or "." in text:
+        return False
+    try:
+        head = base64.b64decode(text[:64] + "=" * (-len(text[:64]) % 4), validate=False)
+    except (binascii.Error, ValueError):
+        return False
+    return head.startswith(_MAGIC)
 
 
 def resolve(ref: Any, base: Path, root: Path | None, kind: str) -> Any:
