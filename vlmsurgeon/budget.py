@@ -191,7 +191,8 @@ def check_budget(path: Path) -> BudgetResult:
             plan = plan_model(entry.model, preset=entry.preset, freeze=entry.freeze,
                               settings=settings, trust_remote_code=entry.trust_remote_code)
         else:
-            plan = plan_model(entry.model, freeze="vision,merger,lm,head,audio,protein,action",
+            # no preset: every component frozen, so that only counts are checked
+            plan = plan_model(entry.model, freeze=",".join(ALL_COMPONENTS),
                               settings=settings, trust_remote_code=entry.trust_remote_code)
         for limit in entry_limits:
             figure, base = _figure(limit.key, plan)

@@ -23,6 +23,8 @@ app = typer.Typer(
 
 budget_app = typer.Typer(no_args_is_help=True, help="Parameter budgets for CI.")
 app.add_typer(budget_app, name="budget")
+data_app = typer.Typer(no_args_is_help=True, help="Training data: validation and token statistics.")
+app.add_typer(data_app, name="data")
 
 
 def _version(value: bool) -> None:
@@ -59,13 +61,15 @@ def inspect(
     """Module tree and parameters by component (vision, merger, lm, head), no weights needed."""
     _quiet_libraries()
     from .inspection import inspect_model
-    from .render import print_inspect, print_json
+    from .render import checkpoint_warnings, print_inspect, print_json
 
     result = inspect_model(model, trust_remote_code=trust_remote_code, revision=revision)
     if as_json:
         print_json(result.to_json())
     else:
         print_inspect(result, depth)
+    for line in checkpoint_warnings(result.checkpoint):
+        print(f"vlmsurgeon: warning: {line}", file=sys.stderr)
 
 
 @app.command()
@@ -91,6 +95,8 @@ def plan(
     seq_len: Optional[int] = typer.Option(None, "--seq-len", help="Tokens per sample (text + image). [2048]"),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Samples per step. [1]"),
     image_tokens: Optional[int] = typer.Option(None, "--image-tokens", help="Image tokens per sample. [256]"),
+    max_pixels: Optional[int] = typer.Option(None, "--max-pixels",
+                                             help="Pixel budget per image (Qwen-style): sets the image tokens."),
     no_ckpt: bool = typer.Option(False, "--no-gradient-checkpointing", help="Estimate without it."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="RUN.yaml with any of these options."),
     as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON only."),
@@ -106,9 +112,11 @@ def plan(
     from .runconfig import merge_options
 
     opts = merge_options(config, model=model, preset=preset, freeze=freeze, seq_len=seq_len,
-                         batch_size=batch_size, image_tokens=image_tokens,
+                         batch_size=batch_size, image_tokens=image_tokens, max_pixels=max_pixels,
                          gradient_checkpointing=False if no_ckpt else None)
-    settings = PlanSettings(opts.seq_len, opts.batch_size, opts.image_tokens, opts.gradient_checkpointing)
+    from_pixels = opts.max_pixels if image_tokens is None else None  # an explicit --image-tokens wins
+    settings = PlanSettings(opts.seq_len, opts.batch_size, opts.image_tokens, opts.gradient_checkpointing,
+                            max_pixels=from_pixels)
     result = plan_model(opts.require_model(), preset=opts.preset, freeze=opts.freeze, settings=settings,
                         trust_remote_code=trust_remote_code, revision=revision,
                         probe=probe or opts.probe)
@@ -143,6 +151,12 @@ def finetune(
     strict_grads: bool = typer.Option(False, "--strict-grads",
                                       help="Stop (exit 1) before the first optimizer step if a trainable "
                                            "parameter got no gradient, instead of warning."),
+    image_root: Optional[str] = typer.Option(None, "--image-root", help="Folder that relative media paths start from."),
+    max_pixels: Optional[int] = typer.Option(None, "--max-pixels", help="Pixel budget per image (Qwen-style processors)."),
+    min_pixels: Optional[int] = typer.Option(None, "--min-pixels", help="Smallest pixel count per image (Qwen-style)."),
+    image_size: Optional[int] = typer.Option(None, "--image-size", help="Resize images to this side (fixed-size processors)."),
+    video_frames: Optional[int] = typer.Option(None, "--video-frames", help="Most frames sampled from a video."),
+    video_fps: Optional[float] = typer.Option(None, "--video-fps", help="Frames per second sampled from a video."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code"),
 ) -> None:
     """QLoRA fine-tuning: 4-bit NF4 base, LoRA and full components from the preset, checkpoints, resume."""
@@ -155,7 +169,9 @@ def finetune(
                          seq_len=seq_len, seed=seed, eval_data=eval_data, save_every=save_every,
                          quantize=quantize, dtype=dtype, skip_bad_rows=skip_bad_rows or None,
                          gradient_checkpointing=False if no_ckpt else None,
-                         strict_grads=strict_grads or None)
+                         strict_grads=strict_grads or None, image_root=image_root, max_pixels=max_pixels,
+                         min_pixels=min_pixels, image_size=image_size, video_frames=video_frames,
+                         video_fps=video_fps)
     result = run(opts, resume=resume, trust_remote_code=trust_remote_code)
     loss = f", final loss {result.final_loss:.4f}" if result.final_loss is not None else ""
     skipped = f", skipped {result.skipped_rows} bad row(s)" if result.skipped_rows else ""
@@ -248,6 +264,40 @@ def diff(
         print_json(result.to_json())
     else:
         make_console().print(diff_table(result))
+
+
+@data_app.command("check")
+def data_check(
+    data: str = typer.Argument(..., help="Data file, datasets folder, or dataset_info.json[:NAME]."),
+    model: str = typer.Option(..., "--model", "-m", help="The model whose processor and template to use."),
+    seq_len: int = typer.Option(2048, "--seq-len", help="Max tokens per sample."),
+    image_root: Optional[str] = typer.Option(None, "--image-root", help="Folder that relative media paths start from."),
+    max_pixels: Optional[int] = typer.Option(None, "--max-pixels", help="Pixel budget per image (Qwen-style)."),
+    min_pixels: Optional[int] = typer.Option(None, "--min-pixels", help="Smallest pixel count per image."),
+    image_size: Optional[int] = typer.Option(None, "--image-size", help="Resize images to this side."),
+    video_frames: Optional[int] = typer.Option(None, "--video-frames", help="Most frames sampled from a video."),
+    video_fps: Optional[float] = typer.Option(None, "--video-fps", help="Frames per second sampled from a video."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as one JSON object."),
+) -> None:
+    """What finetune's validation finds, without training: rows per format, media, token lengths, bad rows."""
+    _quiet_libraries()
+    from .datacheck import check_rows
+    from .data import load_dataset_rows
+    from .render import print_data_report, print_json
+    from .runconfig import RunOptions
+    from .train import load_processor, make_collator
+
+    opts = RunOptions(model=model, seq_len=seq_len, image_root=image_root, max_pixels=max_pixels,
+                      min_pixels=min_pixels, image_size=image_size, video_frames=video_frames,
+                      video_fps=video_fps)
+    rows = load_dataset_rows(data, image_root=image_root)
+    processor, pixels = load_processor(model, opts)
+    report, _ = check_rows(rows, make_collator(processor, opts))
+    report.processor = pixels
+    if as_json:
+        print_json(report.to_json())
+    else:
+        print_data_report(report)
 
 
 @budget_app.command("check")

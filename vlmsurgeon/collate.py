@@ -3,6 +3,7 @@ turns only: prompt, image tokens and padding are -100."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,16 +23,31 @@ PER_ROW_KEYS = ("batch_num_images",)
 # InstructBLIP's Q-Former reads the instruction; given the whole conversation it would read the
 # answers it is trained to write.
 PROMPT_ONLY = ("qformer_input_ids", "qformer_attention_mask")
+# Processors whose `<kind>_token_id` is the text placeholder, which they expand into other
+# tokens: the token the model sees in its place (Ovis2 writes <IMG_ATOM>, hard-coded).
+EXPANDED_MEDIA_TOKENS = {"Ovis2Processor": {"image": "<IMG_ATOM>"}}
 
 
-def render_chat(processor: Any, messages: list[dict[str, Any]], generation_prompt: bool = False) -> str:
-    """The conversation as text. Some processors drop the chat template they are given
-    (BLIP-2, InstructBLIP); their tokenizer still has it."""
-    owner = processor
-    if getattr(owner, "chat_template", None) is None and getattr(
-            getattr(owner, "tokenizer", None), "chat_template", None):
-        owner = owner.tokenizer
-    return owner.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+def _template_owner(processor: Any) -> Any:
+    """Some processors drop the chat template they are given (BLIP-2, InstructBLIP); their
+    tokenizer still has it."""
+    if getattr(processor, "chat_template", None) is None and getattr(
+            getattr(processor, "tokenizer", None), "chat_template", None):
+        return processor.tokenizer
+    return processor
+
+
+def renders_tools(processor: Any) -> bool:
+    template = getattr(_template_owner(processor), "chat_template", None) or ""
+    return "tools" in (template if isinstance(template, str) else json.dumps(template))
+
+
+def render_chat(processor: Any, messages: list[dict[str, Any]], generation_prompt: bool = False,
+                tools: list[Any] | None = None) -> str:
+    """The conversation as text, with the row's tool descriptions when it has some."""
+    extra = {"tools": tools} if tools else {}
+    return _template_owner(processor).apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=generation_prompt, **extra)
 
 
 def _upto(messages: list[dict[str, Any]], refs: list[Any], upto: int, kind: str) -> list[Any]:
@@ -71,8 +87,9 @@ class Collator:
         self.media_ids = {kind: _token_id(processor, kind) for kind in ("image", "video")}
         self.batch_aligned = type(processor).__name__ in BATCH_ALIGNED
 
-    def render(self, messages: list[dict[str, Any]], generation_prompt: bool = False) -> str:
-        return render_chat(self.processor, messages, generation_prompt)
+    def render(self, messages: list[dict[str, Any]], generation_prompt: bool = False,
+               tools: list[Any] | None = None) -> str:
+        return render_chat(self.processor, messages, generation_prompt, tools)
 
     def encode(self, text: str, images: list[Any], videos: list[Any] | None = None) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"text": [text], "return_tensors": "pt"}
@@ -84,8 +101,8 @@ class Collator:
 
     def _span(self, sample: Sample, media: tuple[list[Any], list[Any]], full: list[int], k: int) -> tuple[int, int]:
         images, videos = media
-        start_text = self.render(sample.messages[:k], generation_prompt=True)
-        end_text = self.render(sample.messages[: k + 1]).rstrip()
+        start_text = self.render(sample.messages[:k], generation_prompt=True, tools=sample.tools)
+        end_text = self.render(sample.messages[: k + 1], tools=sample.tools).rstrip()
         start = self.encode(start_text, _upto(sample.messages, images, k, "image"),
                             _upto(sample.messages, videos, k, "video"))["input_ids"][0]
         end = self.encode(end_text, _upto(sample.messages, images, k + 1, "image"),
@@ -119,7 +136,7 @@ class Collator:
     def full_encoding(self, sample: Sample) -> dict[str, Any]:
         """The whole row, labelled, before any truncation."""
         media = self.load_media(sample)
-        batch = dict(self.encode(self.render(sample.messages), *media))
+        batch = dict(self.encode(self.render(sample.messages, tools=sample.tools), *media))
         input_ids = batch["input_ids"][0]
         batch["labels"] = self.labels(sample, media, input_ids)[None]
         if any(k in batch for k in PROMPT_ONLY):
@@ -133,7 +150,7 @@ class Collator:
         first = next((k for k, m in enumerate(sample.messages) if m["role"] == "assistant"),
                      len(sample.messages))
         images, videos = media
-        prompt = self.encode(self.render(sample.messages[:first], generation_prompt=True),
+        prompt = self.encode(self.render(sample.messages[:first], generation_prompt=True, tools=sample.tools),
                              _upto(sample.messages, images, first, "image"),
                              _upto(sample.messages, videos, first, "video"))
         return {k: prompt[k] for k in PROMPT_ONLY if k in prompt}
@@ -175,6 +192,9 @@ class Collator:
 
 
 def _token_id(processor: Any, kind: str) -> int | None:
+    expanded = EXPANDED_MEDIA_TOKENS.get(type(processor).__name__, {}).get(kind)
+    if expanded is not None:
+        return getattr(processor, "tokenizer", processor).convert_tokens_to_ids(expanded)
     for owner in (processor, getattr(processor, "tokenizer", None)):
         value = getattr(owner, f"{kind}_token_id", None)
         if isinstance(value, int):

@@ -1,4 +1,4 @@
-"""Which component each module belongs to: vision, merger, lm, head (or audio, …).
+"""Which component each module belongs to: vision, merger, lm, head (or audio, generator, …).
 
 Knowledge lives in the tables below. A module takes the component of the first rule that
 claims it, else its parent's. Structural roots from transformers' own accessors
@@ -13,13 +13,16 @@ from typing import Any
 from .tree import Node
 
 COMPONENTS = ("vision", "merger", "lm", "head")
-EXTRA_COMPONENTS = ("audio", "protein", "action")
+EXTRA_COMPONENTS = ("audio", "protein", "action", "generator")
 ALL_COMPONENTS = COMPONENTS + EXTRA_COMPONENTS
 
 # Attribute names, matched exactly against a module's own name.
 # "merger" names apply anywhere (a merger can sit inside the vision module, e.g. Qwen's
-# `visual.merger`); encoder and head names apply outside other encoders; lm names apply only
-# to modules nothing above has claimed (a vision tower also has `layers` and `norm`).
+# `visual.merger`); encoder, generator and head names apply outside other encoders; lm names
+# apply only to modules nothing above has claimed (a vision tower also has `layers` and `norm`).
+# A merger is whatever maps an encoder's features into the LM width, audio included
+# (`embed_audio` like `embed_vision`). `generator` is what produces non-text output from the
+# LM's states (speech talkers, codec-to-waveform decoders): neither the LM nor an encoder.
 NAME_RULES: dict[str, tuple[str, ...]] = {
     "vision": (
         "vision_tower", "visual", "vision_model", "vision_encoder", "image_tower", "video_tower",
@@ -34,14 +37,30 @@ NAME_RULES: dict[str, tuple[str, ...]] = {
         "high_res_vision_neck", "high_res_vision_proj", "gated_cross_attn_layers",
         "generation_aligner", "generation_embeddings", "perception_emb_norm",
         "visual_embeddings_table", "mlp1", "resampler", "vision_proj", "embed_vision",
+        "merger_list",  # Qwen3-Omni's DeepStack mergers (Qwen3-VL's `deepstack_merger_list`)
+        "patch_merger",  # HunYuan-VL: inside the vision tower, projects into the LM width
+        "embed_audio", "audio_projector",
     ),
-    "audio": ("audio_tower", "audio_model", "audio_encoder", "audio_projector", "embed_audio"),
+    "audio": ("audio_tower", "audio_model", "audio_encoder"),
+    "generator": ("talker", "token2wav", "code2wav"),
     "protein": ("protein_encoder",),
     "head": ("lm_head", "generation_head"),
     "lm": (
         "language_model", "text_model", "text_decoder", "llm", "embed_tokens", "layers", "norm",
         "final_layernorm", "rotary_emb", "wte", "ln_f", "h", "embeddings", "norm_f", "shared",
     ),
+}
+
+# Generic names that mean "projection into the LM width" only as a direct child of a known
+# encoder, matched against the last two path segments: an audio tower's output head (its
+# `proj`, or the `proj1`-act-`proj2` MLP, the `adapter`, the norm after the projection) emits
+# LM-width features, so it is the audio merger; `proj` deeper inside (attention) is not.
+CHILD_RULES: dict[str, str] = {
+    "audio_tower.proj": "merger",  # Qwen2.5-Omni, Muse Spark
+    "audio_tower.proj1": "merger",  # Qwen3-Omni: d_model -> d_model, then proj2 -> LM width
+    "audio_tower.proj2": "merger",
+    "audio_tower.post_proj_norm": "merger",  # Muse Spark: RMSNorm in the LM width after `proj`
+    "audio_tower.adapter": "merger",  # dots3_note: fc1/fc2 into the LM width
 }
 
 # Class-name patterns, for modules whose attribute name is generic (`encoder`, `cls`, `layers.3`).
@@ -73,6 +92,7 @@ FAMILY_RULES: dict[str, dict[str, str]] = {
 
 _VISIONISH = re.compile(r"vision|visual|image|vit|siglip|clip|vqmodel|radio", re.I)
 _ENCODERS = ("vision", "audio", "protein")
+_OUTSIDE_ENCODERS = ("vision", "audio", "protein", "generator", "head")
 
 
 def _module_path(model: Any, module: Any) -> str | None:
@@ -130,8 +150,11 @@ def _rule_for(node: Node, parent: str | None, family: dict[str, str], roots: dic
     name = node.name
     if name in NAME_RULES["merger"]:
         return "merger"
+    child = CHILD_RULES.get(".".join(node.path.split(".")[-2:]))
+    if child:
+        return child
     if parent in (None, "lm"):
-        for component in ("vision", "audio", "protein", "head"):
+        for component in _OUTSIDE_ENCODERS:
             if name in NAME_RULES[component]:
                 return component
         if not _is_container(node, roots):

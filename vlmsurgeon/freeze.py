@@ -5,8 +5,9 @@ the preset asks (one adapter, per-component ranks), full-trained components as p
 from __future__ import annotations
 
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 from .components import classify, param_component, structural_roots
 from .errors import BadInput
@@ -230,7 +231,28 @@ def _inject_lora(model: Any, preset: Preset, targets: dict[str, list[str]],
     )
     on_meta = next(model.parameters()).device.type == "meta"
     # low_cpu_mem_usage creates the adapters on meta: a plan never allocates or initialises them
-    return get_peft_model(model, config, adapter_name=ADAPTER, low_cpu_mem_usage=on_meta)
+    with exact_targets():
+        return get_peft_model(model, config, adapter_name=ADAPTER, low_cpu_mem_usage=on_meta)
+
+
+@contextmanager
+def exact_targets() -> Iterator[None]:
+    """Keep peft from rewriting our targets. For MoE families in transformers' v4→v5 weight
+    conversion table (glm4v_moe, qwen3_omni_moe, …) peft remaps adapters made on v4 layouts: a
+    regex becomes bare leaf names, and every `gate_proj`/`up_proj`/`down_proj` (dense MLPs and
+    shared experts included) becomes LoRA on the fused expert tensors. Our targets are exact
+    module paths of this v5 model, so the remap is off while an adapter is injected or loaded."""
+    try:
+        from peft.utils import transformers_weight_conversion as conversion
+    except ImportError:  # a peft without the remap
+        yield
+        return
+    original = conversion.convert_peft_config_for_transformers
+    conversion.convert_peft_config_for_transformers = lambda *args, **kwargs: None
+    try:
+        yield
+    finally:
+        conversion.convert_peft_config_for_transformers = original
 
 
 def _alternation(paths: list[str]) -> str:

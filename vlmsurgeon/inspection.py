@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .checkpoint import check_source, header_mode_check
 from .components import classify, structural_roots
 from .errors import BadInput
 from .report import Breakdown, breakdown
@@ -55,7 +56,9 @@ def _from_config(source: ModelSource, trust_remote_code: bool) -> Breakdown:
     tree = from_module(model)
     classify(tree, source.model_type, structural_roots(model))
     kind = "config" if is_native(source.model_type) else "remote-code"
-    return breakdown(tree, model=source.ref.text, model_type=source.model_type, source=kind)
+    result = breakdown(tree, model=source.ref.text, model_type=source.model_type, source=kind)
+    result.checkpoint = check_source(source, model)
+    return result
 
 
 def from_headers(source: ModelSource) -> Breakdown:
@@ -70,6 +73,7 @@ def from_headers(source: ModelSource) -> Breakdown:
              ] if prequantized else []
     result = breakdown(tree, model=source.ref.text, model_type=source.model_type or "unknown",
                        source="safetensors-headers", prequantized=prequantized, notes=notes)
+    result.checkpoint = header_mode_check()
     head = result.components["head"]
     if head.params == 0 and _tied(source.config):
         embed = _input_embedding_name(result)

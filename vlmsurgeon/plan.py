@@ -21,6 +21,7 @@ class PlanSettings:
     batch_size: int = 1
     image_tokens: int = 256
     gradient_checkpointing: bool = True
+    max_pixels: int | None = None  # when set, image_tokens is derived from it (Qwen-style budgets)
 
 
 @dataclass
@@ -67,6 +68,26 @@ def resolve_preset(preset: str | None, freeze: str | None, present: list[str]) -
     return load_preset(preset) if preset else freeze_preset(freeze or "", present)
 
 
+def _tokens_from_pixels(config: Any, settings: PlanSettings) -> tuple[PlanSettings, str]:
+    """Qwen-style processors give one LM token per (patch × merge)² pixels: --max-pixels is then
+    the image-token count per image, the biggest memory lever there is."""
+    from dataclasses import replace
+
+    vision = getattr(config, "vision_config", None)
+    patch = getattr(vision, "patch_size", None)
+    merge = getattr(vision, "spatial_merge_size", None) or 1
+    if isinstance(patch, (list, tuple)):
+        patch = patch[0]
+    if not isinstance(patch, int) or not hasattr(vision, "spatial_merge_size"):
+        raise BadInput("--max-pixels: this model's images are not budgeted in pixels (no patch and merge size)",
+                       "pass --image-tokens N instead")
+    side = patch * merge
+    tokens = max(1, settings.max_pixels // (side * side))
+    return replace(settings, image_tokens=tokens), (
+        f"{tokens} image tokens per sample from --max-pixels {settings.max_pixels:,} "
+        f"(one token per {side}×{side} pixels)")
+
+
 def plan_model(reference: str, *, preset: str | None = None, freeze: str | None = None,
                settings: PlanSettings = PlanSettings(), trust_remote_code: bool = False,
                revision: str | None = None, probe: bool = False) -> PlanResult:
@@ -80,6 +101,9 @@ def plan_model(reference: str, *, preset: str | None = None, freeze: str | None 
     report = breakdown(tree, model=reference, model_type=source.model_type,
                        source="config" if source.config.get("model_type") else "remote-code")
     config = model.config
+    pixel_note = None
+    if settings.max_pixels:
+        settings, pixel_note = _tokens_from_pixels(config, settings)
     applied = count_preset(model, chosen, source.model_type, tree=tree)
     lm, vocab = lm_dims(config)
     vision, merge = vision_dims(config)
@@ -94,6 +118,8 @@ def plan_model(reference: str, *, preset: str | None = None, freeze: str | None 
                       seq_len=settings.seq_len, vision_tokens=settings.image_tokens * merge,
                       checkpointing=settings.gradient_checkpointing)
     result = PlanResult(report, chosen, applied, settings, memory, notes=list(applied.notes))
+    if pixel_note:
+        result.notes.append(pixel_note)
     blocker = training_blocker(config)
     if blocker:
         result.notes.insert(0, f"finetune cannot train this model: {blocker}")

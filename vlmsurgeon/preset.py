@@ -15,7 +15,7 @@ from .components import ALL_COMPONENTS
 from .errors import BadInput
 
 TARGET_KEYWORDS = ("all-linear", "attention", "mlp")
-ComponentName = Literal["vision", "merger", "lm", "head", "audio", "protein", "action"]
+ComponentName = Literal["vision", "merger", "lm", "head", "audio", "protein", "action", "generator"]
 assert set(ComponentName.__args__) == set(ALL_COMPONENTS)  # type: ignore[attr-defined]
 
 
@@ -143,9 +143,14 @@ def load_preset(name_or_path: str) -> Preset:
                    "one of " + ", ".join(builtin_names()) + ", or a path to a YAML file")
 
 
+# A text loss gives a speech generator (Qwen-Omni's talker) no gradient: `--freeze X` leaves it
+# frozen; a preset that names it trains it.
+FROZEN_UNLESS_NAMED = ("generator",)
+
+
 def freeze_preset(freeze: str, present: list[str], quantize: tuple[str, ...] = ("lm",)) -> Preset:
     """`--freeze vision,merger`: those frozen, the rest trained the default way: LoRA where
-    4-bit (the LM by default), full otherwise. The head follows the LM: frozen when the LM
+    4-bit (the LM by default), full otherwise (a speech generator stays frozen). The head follows the LM: frozen when the LM
     trains with LoRA (peft's all-linear leaves the output layer out), full when it trains full."""
     names = [n.strip() for n in freeze.split(",") if n.strip()]
     unknown = [n for n in names if n not in ALL_COMPONENTS]
@@ -154,7 +159,7 @@ def freeze_preset(freeze: str, present: list[str], quantize: tuple[str, ...] = (
                        "valid: " + ", ".join(ALL_COMPONENTS))
     components: dict[str, dict[str, Any]] = {}
     for component in present:
-        if component in names or component == "head":
+        if component in names or component == "head" or component in FROZEN_UNLESS_NAMED:
             continue
         components[component] = {"mode": "lora" if component in quantize else "full"}
     if "head" not in names and "head" in present:

@@ -15,7 +15,7 @@ from .report import Breakdown
 from .tree import Node, signature
 
 COLORS = {"vision": "magenta", "merger": "yellow", "lm": "cyan", "head": "green",
-          "audio": "blue", "protein": "blue", "action": "blue"}
+          "audio": "blue", "protein": "blue", "action": "blue", "generator": "red"}
 
 
 def human(n: float, unit: str = "") -> str:
@@ -119,6 +119,34 @@ def print_inspect(result: Breakdown, depth: int, console: Console | None = None)
     console.print(breakdown_table(result))
     for note in result.notes:
         console.print(f"note: {note}")
+
+
+def _names(names: list[str], shown: int = 3) -> str:
+    more = f" (+{len(names) - shown} more)" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
+
+
+def checkpoint_warnings(check: Any) -> list[str]:
+    """One plain line per kind of difference between the config's model and its checkpoint."""
+    if check is None or not check.checked:
+        unreadable = check is not None and check.unreadable
+        return [f"checkpoint not checked: {check.reason}"] if unreadable else []
+    lines = []
+    if check.missing:
+        lines.append(f"checkpoint: {len(check.missing)} tensor(s) of the model built from the config "
+                     f"are not in the checkpoint: {_names(check.missing)}")
+    if check.unexpected:
+        lines.append(f"checkpoint: {len(check.unexpected)} tensor(s) in the checkpoint that the model "
+                     f"built from the config does not have: {_names(check.unexpected)}")
+    if check.shape_mismatch:
+        shown = [f"{n} config {list(a)} vs checkpoint {list(b)}" for n, a, b in check.shape_mismatch]
+        lines.append(f"checkpoint: {len(check.shape_mismatch)} shape mismatch(es): {_names(shown)}")
+    if check.untied_head:
+        name, params = check.untied_head
+        lines.append(f"checkpoint: the config ties the head to the input embeddings but the checkpoint "
+                     f"stores its own {name} ({params:,} params); the figures count the head as tied "
+                     "(set tie_word_embeddings: false in config.json if the head is its own)")
+    return lines
 
 
 def print_json(data: Any) -> None:
@@ -243,3 +271,25 @@ def print_families(families: dict[str, Any]) -> None:
         note = f"  finetune: no ({UNSUPPORTED[name]})" if name in UNSUPPORTED else ""
         print(f"{name:<{width}}  {family.processor:<28} {video}{note}".rstrip())
     print(f"{len(families)} families")
+
+
+def print_data_report(report: Any, console: Console | None = None) -> None:
+    """`data check`: rows, media, token statistics, bad rows and what was not used."""
+    console = console or make_console()
+    formats = ", ".join(f"{n} {k}" for k, n in sorted(report.formats.items())) or "none"
+    console.print(f"{escape(report.path)} ({report.kind}): {report.rows} usable row(s) [{formats}], "
+                  f"{report.images} image(s), {report.videos} video(s); --seq-len {report.seq_len}")
+    table = Table(title="tokens per row", title_justify="left")
+    for column in ("", "p50", "p95", "max"):
+        table.add_column(column, justify="right" if column else "left")
+    for kind, stats in report.stats().items():
+        table.add_row(kind, *(f"{stats[k]:,}" for k in ("p50", "p95", "max")))
+    console.print(table)
+    console.print(f"truncated: {report.truncated} · over the limit: {len(report.over_limit)} · "
+                  f"bad: {len(report.bad)}")
+    for row in [*report.over_limit, *report.bad][:20]:
+        console.print(f"  {escape(str(row))}")
+    if report.skipped > 20:
+        console.print(f"  … and {report.skipped - 20} more")
+    for note in report.notes:
+        console.print(f"note: {escape(note)}")

@@ -43,6 +43,7 @@ class Breakdown:
     total_params: int
     prequantized: bool = False
     notes: list[str] = field(default_factory=list)
+    checkpoint: Any = None  # a checkpoint.CheckpointCheck, set by `inspect`
 
     def to_json(self) -> dict[str, Any]:
         comps: dict[str, Any] = {}
@@ -55,10 +56,13 @@ class Breakdown:
             entry["trainable"] = fig.trainable
             entry["roots"] = fig.roots
             comps[name] = entry
-        return {
+        data = {
             "model": self.model, "model_type": self.model_type, "source": self.source,
             "total_params": self.total_params, "components": comps, "other": self.other,
         }
+        if self.checkpoint is not None:
+            data["checkpoint_check"] = self.checkpoint.to_json()
+        return data
 
 
 def breakdown(root: Node, *, model: str, model_type: str, source: str,

@@ -3,6 +3,7 @@ from its config, or read from safetensors headers when its code lives in the mod
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import struct
@@ -13,6 +14,7 @@ from typing import Any
 from .errors import BadInput
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
 _MAX_HEADER = 100 * 1024 * 1024
 HUB_HINT = ("pass a local model directory or its config.json; or download it where the hub is "
             "reachable and set HF_HUB_OFFLINE=1 to use the local cache")
@@ -36,6 +38,9 @@ class ModelSource:
     config: dict[str, Any]
     weight_files: list[Path] = field(default_factory=list)
     config_path: Path | None = None
+    # A hub id read from the local cache because the hub is off (HF_HUB_OFFLINE) or unreachable:
+    # nothing may be asked of the hub, the snapshot directory stands in for the repo.
+    offline: bool = False
 
     @property
     def model_type(self) -> str:
@@ -80,8 +85,7 @@ def local_weight_files(directory: Path) -> list[Path]:
 def load_source(ref: Reference) -> ModelSource:
     """Read the config (and list weight files) without building anything."""
     if ref.kind == "hub":
-        config_path = _hub_config(ref)
-        return ModelSource(ref, read_json(config_path), config_path=config_path)
+        return _hub_source(ref)
     assert ref.path is not None
     if ref.kind == "safetensors":
         config_path = ref.path.parent / "config.json"
@@ -132,18 +136,26 @@ def read_header(path: Path) -> dict[str, Any]:
 
 def header_tensors(source: ModelSource) -> list[tuple[str, tuple[int, ...], str]]:
     """(name, shape, dtype) of every tensor, from local headers or the hub's header metadata."""
+    return weight_headers(source)[0]
+
+
+def weight_headers(source: ModelSource) -> tuple[list[tuple[str, tuple[int, ...], str]], int]:
+    """Every tensor's (name, shape, dtype) and the number of files they came from: local (or
+    cached) safetensors headers, else the hub's header metadata."""
     out: list[tuple[str, tuple[int, ...], str]] = []
-    if source.ref.kind == "hub":
-        for meta in _hub_headers(source.ref).files_metadata.values():
+    if source.ref.kind == "hub" and not source.weight_files:
+        files = _hub_headers(source).files_metadata.values()
+        for meta in files:
             out.extend((n, tuple(t.shape), t.dtype) for n, t in meta.tensors.items())
-        return out
+        return out, len(files)
     for path in source.weight_files:
         for name, info in read_header(path).items():
             if name != "__metadata__":
                 out.append((name, tuple(info["shape"]), info["dtype"]))
-    return out
+    return out, len(source.weight_files)
 
 
+@functools.lru_cache(maxsize=1)
 def _hub_reachable(timeout: float = 3.0) -> bool:
     """One DNS + TCP check before huggingface_hub's own retries (which wait ~25 s offline)."""
     import socket
@@ -171,11 +183,61 @@ def _hub_call(ref: Reference, fn: Any, *args: Any, **kwargs: Any) -> Any:
         if name == "LocalEntryNotFoundError" or "Offline" in name:
             raise BadInput(f"model '{ref.text}': not in the local cache and the hub is not "
                            "reachable", HUB_HINT) from exc
+        if name == "NotASafetensorsRepoError":
+            raise BadInput(f"model '{ref.text}': the repo has no safetensors weights",
+                           "pass --trust-remote-code, or a local directory with *.safetensors") from exc
         if "NotFound" in name or "Gated" in name or "Revision" in name:
             raise BadInput(f"model '{ref.text}': not found on the hub ({name})",
                            "check the id and revision, or pass a local directory") from exc
         raise BadInput(f"model '{ref.text}': cannot reach the Hugging Face hub ({name})",
                        HUB_HINT) from exc
+
+
+def _hub_source(ref: Reference) -> ModelSource:
+    """The local cache is looked at first, without the network. It is used as it is when the hub
+    is off (HF_HUB_OFFLINE=1) or unreachable, or when `--revision` pins a commit it holds;
+    otherwise config.json comes from the hub (which refreshes the same cache)."""
+    from huggingface_hub import constants
+
+    config_path = cached_file(ref.text, "config.json", ref.revision)
+    pinned = config_path is not None and bool(_COMMIT.match(ref.revision or ""))
+    if constants.HF_HUB_OFFLINE or pinned:
+        offline = bool(constants.HF_HUB_OFFLINE)
+    else:
+        offline = not _hub_reachable()
+        if not offline:
+            config_path = _hub_config(ref)
+    if config_path is None:
+        revision = f" at revision {ref.revision}" if ref.revision else ""
+        why = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else "the hub is not reachable"
+        raise BadInput(f"model '{ref.text}'{revision}: not in the local cache "
+                       f"({constants.HF_HUB_CACHE}) and {why}", HUB_HINT)
+    weights = cached_weights(ref.text, config_path.parent.name)
+    return ModelSource(ref, read_json(config_path), weights, config_path, offline=offline)
+
+
+def cached_file(repo_id: str, filename: str, revision: str | None) -> Path | None:
+    """A file of a hub repo in the local cache (HF_HUB_CACHE / HF_HOME), found by
+    huggingface_hub's own lookup (refs/<revision> -> snapshots/<commit>/<filename>)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        found = try_to_load_from_cache(repo_id, filename, revision=revision)
+    except ValueError as exc:  # HFValidationError: "a/b..c", "a/-b", names over 96 characters
+        raise BadInput(f"model '{repo_id}': not a valid hub id ({exc})",
+                       "pass a local path, or a hub id like org/name") from exc
+    return Path(found) if isinstance(found, str) else None
+
+
+def cached_weights(repo_id: str, commit: str) -> list[Path]:
+    """The snapshot's safetensors files, when all of them are in the cache (else none)."""
+    index = cached_file(repo_id, "model.safetensors.index.json", commit)
+    if index is None:
+        single = cached_file(repo_id, "model.safetensors", commit)
+        return [single] if single else []
+    names = sorted(set((read_json(index).get("weight_map") or {}).values()))
+    shards = [cached_file(repo_id, name, commit) for name in names]
+    return [p for p in shards if p] if names and all(shards) else []
 
 
 def _hub_config(ref: Reference) -> Path:
@@ -185,9 +247,15 @@ def _hub_config(ref: Reference) -> Path:
     return Path(_hub_call(ref, hf_hub_download, ref.text, "config.json", revision=ref.revision))
 
 
-def _hub_headers(ref: Reference) -> Any:
+def _hub_headers(source: ModelSource) -> Any:
     from huggingface_hub import get_safetensors_metadata
 
+    ref = source.ref
+    if source.offline:
+        raise BadInput(f"model '{ref.text}': config.json is in the local cache but its safetensors "
+                       "weights are not (all shards), and the hub is not reachable",
+                       f"download them where the hub is reachable (hf download {ref.text}), or "
+                       "pass --trust-remote-code")
     return _hub_call(ref, get_safetensors_metadata, ref.text, revision=ref.revision)
 
 
@@ -211,7 +279,11 @@ def config_object(source: ModelSource, trust_remote_code: bool = False) -> Any:
     if not trust_remote_code:
         raise BadInput(f"model '{source.ref.text}': model_type '{model_type}' needs code from "
                        "the model repo", "pass --trust-remote-code if you trust it")
-    location = source.ref.text if source.ref.kind == "hub" else str(_config_dir(source.ref))
+    location = source.ref.text
+    if source.ref.kind != "hub":
+        location = str(_config_dir(source.ref))
+    elif source.offline and source.config_path:  # the cached snapshot stands in for the repo
+        location = str(source.config_path.parent)
     try:
         return AutoConfig.from_pretrained(location, trust_remote_code=True,
                                           revision=source.ref.revision)
@@ -236,7 +308,9 @@ def model_class(config: Any) -> Any:
     from transformers.models.auto import modeling_auto as ma
 
     names = [*(getattr(config, "architectures", None) or [])]
-    for mapping_names in (ma.MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES,
+    # multimodal-LM covers omni and audio-text models (Qwen2.5-Omni, Qwen2-Audio) with their heads
+    multimodal = getattr(ma, "MODEL_FOR_MULTIMODAL_LM_MAPPING_NAMES", {})
+    for mapping_names in (ma.MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES, multimodal,
                           ma.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, ma.MODEL_MAPPING_NAMES):
         name = mapping_names.get(config.model_type)
         names.append(name if isinstance(name, str) else None)

@@ -93,7 +93,8 @@ def build_config(family: Family, tokenizer: Any) -> Any:
     vocab = len(tokenizer)
     config = getattr(transformers, family.config_class)(**family.config(tid, vocab))
     ids = {"pad_token_id": tid(family.pad), "eos_token_id": tid(family.eos),
-           "bos_token_id": tid(family.bos) if family.bos else None}
+           # the tokenizer's: a family may give it one that the template does not write (Emu3)
+           "bos_token_id": tid(tokenizer.bos_token) if tokenizer.bos_token else None}
     for target in (config, getattr(config, "text_config", None)):
         for key, value in ids.items():
             if target is not None:

@@ -29,10 +29,12 @@ class Verdict:
 def probe_inputs(processor: Any) -> dict[str, Any]:
     from PIL import Image
 
+    from .collate import render_chat
+
     image = Image.new("RGB", (48, 40))
     image.putdata([((x * 5) % 256, (y * 7) % 256, (x * y) % 256) for y in range(40) for x in range(48)])
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is in the picture?"}]}]
-    text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    text = render_chat(processor, messages, generation_prompt=True)
     return dict(processor(images=[image], text=[text], return_tensors="pt"))
 
 
@@ -52,7 +54,10 @@ def _with_adapter(base: Path, trained: Any, **kwargs: Any) -> Any:
     if trained.adapter_dir:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, trained.adapter_dir)
+        from .freeze import exact_targets
+
+        with exact_targets():  # merge reads the adapter by exact module name; so must this
+            model = PeftModel.from_pretrained(model, trained.adapter_dir)
     extra = trained.run_dir / "trained_components.safetensors" if trained.run_dir else None
     if extra and extra.is_file():
         params = dict(model.named_parameters())
