@@ -30,9 +30,13 @@ def lm_linear_kinds(applied) -> dict[str, set[bool]]:
     import bitsandbytes as bnb
     import torch
 
+    model = applied.model.get_base_model() if hasattr(applied.model, "get_base_model") else applied.model
+    # transformers keeps these in fp32 on purpose (e.g. Mistral Large 4's indexer.weights_proj)
+    keep = [*(getattr(model, "_keep_in_fp32_modules", None) or []),
+            *(getattr(model, "_keep_in_fp32_modules_strict", None) or [])]
     kinds: dict[str, set[bool]] = {}
     for name, module in applied.model.named_modules():
-        if ".lora_" in name or ".base_layer" in name:
+        if ".lora_" in name or ".base_layer" in name or any(k in name.split(".") or name.endswith(k) for k in keep):
             continue
         base = getattr(module, "base_layer", None)
         layer = base if base is not None else module
@@ -59,11 +63,14 @@ def run_chain(family: str, work: Path, data: Path) -> dict[str, object]:
     try:
         model_dir = build_tiny(family, work / "model")
         step = "finetune"
-        result = finetune(RunOptions(model=str(model_dir), data=str(data), output=str(work / "run"),
-                                     freeze="vision", steps=2, batch_size=2, seq_len=1024, lr=1e-3))
+        options = dict(model=str(model_dir), data=str(data), output=str(work / "run"), freeze="vision",
+                       steps=2, batch_size=2, seq_len=1024, lr=1e-3)
+        options.update(_refused_then_fixed(family, options))
+        facts.update(options.pop("facts", {}))
+        result = finetune(RunOptions(**options))
         kinds = lm_linear_kinds(result.applied)
         facts["lm_4bit"] = kinds.get("lm") == {True}
-        if not facts["lm_4bit"]:
+        if not facts["lm_4bit"] and options.get("quantize") != "none":
             raise AssertionError(f"LM Linear layers not all 4-bit: {kinds}")
         if any(True in kinds.get(c, set()) for c in kinds if c != "lm"):
             raise AssertionError(f"a non-LM Linear is 4-bit: {kinds}")
@@ -89,13 +96,41 @@ def run_chain(family: str, work: Path, data: Path) -> dict[str, object]:
             raise AssertionError("reloaded export gives non-finite logits")
         facts["logits"] = tuple(logits.shape)
     except BaseException as exc:
-        if isinstance(exc, KeyboardInterrupt):
+        if isinstance(exc, (KeyboardInterrupt, SweepFailure)):
             raise
         from vlmsurgeon.errors import VlmSurgeonError
 
         text = exc.line() if isinstance(exc, VlmSurgeonError) else f"{type(exc).__name__}: {exc}"
         raise SweepFailure(f"{step}: {text.splitlines()[0][:300] if text else type(exc).__name__}") from exc
     return facts
+
+
+# The option a known blocker's fix stands for (support.UNSUPPORTED), as RunOptions values.
+_FIXES = {"--quantize none": {"quantize": "none"}, "--dtype bf16": {"dtype": "bf16"},
+          "--no-gradient-checkpointing": {"gradient_checkpointing": False}}
+
+
+def _refused_then_fixed(family: str, options: dict[str, object]) -> dict[str, object]:
+    """A family with a known blocker must be refused up front on the default path (one line, before
+    any weight loads); when the blocker names a setting that avoids it, the chain runs with it."""
+    from vlmsurgeon.errors import BadInput
+    from vlmsurgeon.runconfig import RunOptions
+    from vlmsurgeon.support import UNSUPPORTED
+    from vlmsurgeon.train import finetune
+
+    blocker = UNSUPPORTED.get(family)
+    if blocker is None:
+        return {}
+    try:
+        finetune(RunOptions(**options))
+    except BadInput as exc:
+        if "cannot train" not in exc.what:
+            raise
+    else:
+        raise AssertionError(f"{family}: the default path was not refused up front")
+    if blocker.fix not in _FIXES:
+        raise SweepFailure(f"finetune: refused up front: {blocker.reason}")
+    return {**_FIXES[blocker.fix], "facts": {"with": blocker.fix}}
 
 
 class SweepFailure(Exception):

@@ -253,13 +253,22 @@ def test_format_trains_with_mixed_rows_and_exact_labels(tiny_models, media, tmp_
     assert all(labels[i] == ids[i] for i in trained)
     if first.images:
         assert ids.count(processor.image_token_id) > 0 and "pixel_values" in batch
+    code, out, err = cli("data", "check", ref, "--model", model, "--json")
+    assert code == 0, err
+    report = json.loads(out)  # one object
+    assert (report["rows"], report["images"], report["videos"], report["skipped"]) == (3, 2, 0, 0)
+    assert report["formats"] == {reader: 3} and set(report["tokens"]) == {"text", "image", "video", "total"}
+    assert report["tokens"]["image"]["max"] > 0 and report["tokens"]["total"]["max"] <= 2048
+    code, text, err = cli("data", "check", ref, "--model", model)
+    assert code == 0 and f"3 usable row(s) [3 {reader}], 2 image(s), 0 video(s)" in text and "p95" in text
     run = tmp_path / "run"
     code, out, err = cli("finetune", model, "--data", ref, "-o", run, "--freeze", "vision", "--steps", "2",
                          "--batch-size", "3")
     assert code == 0, err
+    assert "data: 3 row(s)" in err  # the same summary before training
     record = json.loads((run / "vlmsurgeon.json").read_text())["data"]
     assert (record["rows"], record["images"], record["videos"], record["skipped"]) == (3, 2, 0, 0)
-    assert record["formats"] == {reader: 3}
+    assert record["formats"] == {reader: 3} and record["tokens"] == report["tokens"]
 
 
 def test_swift_loss_false_turn_is_context_and_tools_and_unused_columns_are_said(tiny_models, media, cli):

@@ -19,6 +19,11 @@ PREFIX_LM = ("PaliGemmaProcessor",)
 BATCH_ALIGNED = ("Idefics2Processor", "Idefics3Processor", "SmolVLMProcessor", "MllamaProcessor")
 # Per-row counts that must have one entry per row, 0 for a row without media.
 PER_ROW_KEYS = ("batch_num_images",)
+# Processors that pack the media of a whole batch into one tensor, joined along a dimension
+# (MiniCPM-V 4.6: every image's patches side by side along the width).
+PACKED: dict[str, dict[str, int]] = {
+    "MiniCPMV4_6Processor": {"pixel_values": -1, "pixel_values_videos": -1},
+}
 # Inputs a processor derives from the text that the model may only see for the prompt:
 # InstructBLIP's Q-Former reads the instruction; given the whole conversation it would read the
 # answers it is trained to write.
@@ -86,6 +91,7 @@ class Collator:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.media_ids = {kind: _token_id(processor, kind) for kind in ("image", "video")}
         self.batch_aligned = type(processor).__name__ in BATCH_ALIGNED
+        self.packed = PACKED.get(type(processor).__name__, {})
 
     def render(self, messages: list[dict[str, Any]], generation_prompt: bool = False,
                tools: list[Any] | None = None) -> str:
@@ -162,6 +168,12 @@ class Collator:
         counts, end = {}, 0
         for kind, token in self.media_ids.items():
             where = (ids == token).nonzero().flatten() if token is not None else ids[:0]
+            if token is not None and not len(where):
+                # the placeholder was expanded into other tokens (Molmo2: <im_patch>, <im_col>, …),
+                # which the processor lists as its `image_token_ids` / `video_token_ids`
+                marks = [t for t in getattr(self.processor, f"{kind}_token_ids", None) or []
+                         if isinstance(t, int)]
+                where = (ids[:, None] == ids.new_tensor(marks)).any(-1).nonzero().flatten() if marks else where
             counts[kind] = len(where)
             if len(where):
                 end = max(end, int(where.max()) + 1)
@@ -188,7 +200,7 @@ class Collator:
 
     def __call__(self, samples: list[Sample]) -> dict[str, Any]:
         encoded = [self.encode_sample(s) for s in samples]
-        return pad_and_stack(encoded, self.pad_id, batch_aligned=self.batch_aligned)
+        return pad_and_stack(encoded, self.pad_id, batch_aligned=self.batch_aligned, packed=self.packed)
 
 
 def _token_id(processor: Any, kind: str) -> int | None:
@@ -240,7 +252,8 @@ def _pad_to(value: Any, shape: tuple[int, ...], fill: Any) -> Any:
     return out
 
 
-def pad_and_stack(encoded: list[dict[str, Any]], pad_id: int, *, batch_aligned: bool = False) -> dict[str, Any]:
+def pad_and_stack(encoded: list[dict[str, Any]], pad_id: int, *, batch_aligned: bool = False,
+                  packed: dict[str, int] | None = None) -> dict[str, Any]:
     """Right-pad everything that runs along the sequence; concatenate the rest (pixel values,
     grids) along the first dimension, zero-padding other dimensions to the largest. Rows may
     differ in what they hold (text-only beside image and video rows): sequence tensors a row lacks
@@ -256,6 +269,9 @@ def pad_and_stack(encoded: list[dict[str, Any]], pad_id: int, *, batch_aligned: 
         present = [e[key] for e in encoded if key in e]
         if not all(hasattr(v, "dim") for v in present):
             out[key] = present[0] if len(present) == 1 else present
+            continue
+        if key in (packed or {}):
+            out[key] = torch.cat(present, dim=packed[key])
             continue
         sequence = all(_is_sequence(e[key], n) for e, n in zip(encoded, lengths) if key in e)
         rest = tuple(max(v.shape[d] for v in present) for d in range(2 if sequence else 1, present[0].dim()))

@@ -40,6 +40,7 @@ NAME_RULES: dict[str, tuple[str, ...]] = {
         "merger_list",  # Qwen3-Omni's DeepStack mergers (Qwen3-VL's `deepstack_merger_list`)
         "patch_merger",  # HunYuan-VL: inside the vision tower, projects into the LM width
         "embed_audio", "audio_projector",
+        "layerwise_projectors", "spatial_projectors",  # Granite 4 Vision's window Q-Formers
     ),
     "audio": ("audio_tower", "audio_model", "audio_encoder"),
     "generator": ("talker", "token2wav", "code2wav"),

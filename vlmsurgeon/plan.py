@@ -122,7 +122,7 @@ def plan_model(reference: str, *, preset: str | None = None, freeze: str | None 
         result.notes.append(pixel_note)
     blocker = training_blocker(config)
     if blocker:
-        result.notes.insert(0, f"finetune cannot train this model: {blocker}")
+        result.notes.insert(0, f"finetune cannot train this model: {blocker[0]}")
     if probe:
         from .probe import probe_model
 

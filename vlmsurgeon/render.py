@@ -268,7 +268,11 @@ def print_families(families: dict[str, Any]) -> None:
     for name in sorted(families):
         family = families[name]
         video = "image+video" if family.video_processor else "image"
-        note = f"  finetune: no ({UNSUPPORTED[name]})" if name in UNSUPPORTED else ""
+        blocker = UNSUPPORTED.get(name)
+        note = ""
+        if blocker is not None:
+            note = (f"  finetune: no ({blocker.reason})" if blocker.when == "always"
+                    else f"  finetune: needs {blocker.fix}")
         print(f"{name:<{width}}  {family.processor:<28} {video}{note}".rstrip())
     print(f"{len(families)} families")
 
@@ -278,7 +282,8 @@ def print_data_report(report: Any, console: Console | None = None) -> None:
     console = console or make_console()
     formats = ", ".join(f"{n} {k}" for k, n in sorted(report.formats.items())) or "none"
     console.print(f"{escape(report.path)} ({report.kind}): {report.rows} usable row(s) [{formats}], "
-                  f"{report.images} image(s), {report.videos} video(s); --seq-len {report.seq_len}")
+                  f"{report.images} image(s), {report.videos} video(s); --seq-len {report.seq_len}",
+                  soft_wrap=True)
     table = Table(title="tokens per row", title_justify="left")
     for column in ("", "p50", "p95", "max"):
         table.add_column(column, justify="right" if column else "left")
@@ -288,8 +293,8 @@ def print_data_report(report: Any, console: Console | None = None) -> None:
     console.print(f"truncated: {report.truncated} · over the limit: {len(report.over_limit)} · "
                   f"bad: {len(report.bad)}")
     for row in [*report.over_limit, *report.bad][:20]:
-        console.print(f"  {escape(str(row))}")
+        console.print(f"  {escape(str(row))}", soft_wrap=True)
     if report.skipped > 20:
         console.print(f"  … and {report.skipped - 20} more")
     for note in report.notes:
-        console.print(f"note: {escape(note)}")
+        console.print(f"note: {escape(note)}", soft_wrap=True)

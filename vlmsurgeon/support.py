@@ -1,21 +1,61 @@
 """What `finetune` cannot train, known from the config before any weight is loaded. `finetune`
-refuses such a model up front in one line and `plan` says the same, so that no user meets the
-failure as an exception in the middle of a run."""
+refuses such a model up front in one line (with the setting that avoids it, when there is one)
+and `plan` says the same, so that no user meets the failure as an exception in a run."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
-# model_type -> why the default training path cannot run it (found by the family sweep).
-UNSUPPORTED: dict[str, str] = {}
+
+@dataclass(frozen=True)
+class Blocker:
+    """A failure the family sweep found, and the settings it happens under."""
+
+    reason: str
+    when: str = "always"  # always | 4bit | fp32 | checkpointing
+    fix: str = ""
 
 
-def training_blocker(config: Any) -> str | None:
-    """The reason this model cannot be fine-tuned here, or None."""
+# model_type -> what stops training (found by `make sweep` on tiny models, transformers 5.23).
+UNSUPPORTED: dict[str, Blocker] = {
+    "gemma3n": Blocker("Gemma 3n updates its AltUp coefficients in place, which a 4-bit layer cannot take",
+                       "4bit", "--quantize none"),
+    "llama4": Blocker("Llama 4's image processor returns bf16 pixels, which an fp32 model refuses",
+                      "fp32", "--dtype bf16"),
+    "git": Blocker("GIT adds its position embeddings in place, which gradient checkpointing refuses",
+                   "checkpointing", "--no-gradient-checkpointing"),
+    "shieldgemma2": Blocker("ShieldGemma 2's processor replaces the conversation with its policy prompts"),
+    "fuyu": Blocker("Fuyu's processor drops the first token of each image segment, so image tokens and "
+                    "features disagree"),
+}
+
+
+def _applies(blocker: Blocker, opts: Any) -> bool:
+    if opts is None or blocker.when == "always":
+        return True
+    if blocker.when == "4bit":
+        return getattr(opts, "quantize", "4bit") == "4bit"
+    if blocker.when == "checkpointing":
+        return bool(getattr(opts, "gradient_checkpointing", True))
+    if blocker.when == "fp32":
+        import torch
+
+        dtype = getattr(opts, "dtype", "auto")
+        return dtype == "fp32" or (dtype == "auto" and not torch.cuda.is_available())
+    return True
+
+
+def training_blocker(config: Any, opts: Any = None) -> tuple[str, str] | None:
+    """(why this model cannot be fine-tuned with these options, what to try), or None. Without
+    options (`plan`), every known blocker is named with its condition."""
     model_type = getattr(config, "model_type", None)
-    if model_type in UNSUPPORTED:
-        return UNSUPPORTED[model_type]
+    blocker = UNSUPPORTED.get(model_type)
+    if blocker is not None and _applies(blocker, opts):
+        reason = blocker.reason if opts is not None or blocker.when == "always" else (
+            f"{blocker.reason} (with {blocker.when}; {blocker.fix} avoids it)")
+        return reason, blocker.fix or "`vlmsurgeon tiny --list` and the README's family table show what trains"
     if getattr(config, "is_encoder_decoder", False):
-        return (f"{model_type} is an encoder-decoder model; finetune trains decoder-only VLMs, whose "
-                "labels run along the same tokens as the input")
+        return (f"{model_type} is an encoder-decoder model; finetune trains decoder-only VLMs, whose labels "
+                "run along the same tokens as the input"), "the README's family table shows what trains"
     return None

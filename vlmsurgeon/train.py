@@ -149,10 +149,9 @@ def finetune(opts: RunOptions, *, resume: bool = False, trust_remote_code: bool 
     eval_data = _rows(opts.eval_data, opts, "eval data") if opts.eval_data else None
     checkpoint = _check_run_dir(run_dir, resume)
     source, meta = meta_model(reference, trust_remote_code=trust_remote_code)
-    blocker = training_blocker(meta.config)
+    blocker = training_blocker(meta.config, opts)
     if blocker:
-        raise BadInput(f"finetune: cannot train '{reference}': {blocker}",
-                       "`vlmsurgeon tiny --list` and the README's family table show what trains")
+        raise BadInput(f"finetune: cannot train '{reference}': {blocker[0]}", blocker[1])
     tree = classified_tree(meta, source.model_type)
     present = present_components(tree)
     preset = resolve_preset(opts.preset, opts.freeze, present)
