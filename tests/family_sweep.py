@@ -54,7 +54,8 @@ def run_chain(family: str, work: Path, data: Path) -> dict[str, object]:
     from vlmsurgeon.data import load_dataset_rows
     from vlmsurgeon.merge import MergePlan, load_trained, merge
     from vlmsurgeon.runconfig import RunOptions
-    from vlmsurgeon.tiny import build_tiny
+    from vlmsurgeon.tiny import build_tiny, video_placeholder
+    from vlmsurgeon.tiny_families import FAMILIES
     from vlmsurgeon.train import finetune
     from vlmsurgeon.verify import verify
 
@@ -95,6 +96,9 @@ def run_chain(family: str, work: Path, data: Path) -> dict[str, object]:
         if not torch.isfinite(logits).all():
             raise AssertionError("reloaded export gives non-finite logits")
         facts["logits"] = tuple(logits.shape)
+        if video_placeholder(FAMILIES[family]):
+            step = "video"
+            facts["video_tokens"] = _video_forward(model, processor, data.parent)
     except BaseException as exc:
         if isinstance(exc, (KeyboardInterrupt, SweepFailure)):
             raise
@@ -135,6 +139,39 @@ def _refused_then_fixed(family: str, options: dict[str, object]) -> dict[str, ob
 
 class SweepFailure(Exception):
     pass
+
+
+def _video_forward(model, processor, folder: Path) -> int:
+    """A family `tiny --list` shows as taking video: a `<video>` row passes the data pre-pass and
+    the export runs it. Returns the row's video token count."""
+    import json
+
+    import torch
+
+    from tests.test_formats import write_video
+    from vlmsurgeon.collate import Collator
+    from vlmsurgeon.data import load_dataset_rows
+    from vlmsurgeon.datacheck import check_rows
+
+    clip = folder / "clip.mp4"
+    if not clip.is_file():
+        write_video(clip, frames=8)
+        (folder / "video.jsonl").write_text(json.dumps({"messages": [
+            {"role": "user", "content": "<video>What moves?"}, {"role": "assistant", "content": "A red bar."}],
+            "videos": ["clip.mp4"]}) + "\n")
+    collator = Collator(processor, 8192, video_frames=4)
+    report, rows = check_rows(load_dataset_rows(folder / "video.jsonl"), collator)
+    if not rows:
+        raise AssertionError(f"video row refused: {[str(b) for b in report.bad + report.over_limit]}")
+    batch = collator(rows)
+    batch.pop("labels")
+    if not any("video" in k for k in batch) and not report.tokens["video"][0]:
+        raise AssertionError("the video did not reach the model")
+    with torch.no_grad():
+        logits = model(**batch).logits
+    if not torch.isfinite(logits).all():
+        raise AssertionError("non-finite logits on the video row")
+    return report.tokens["video"][0]
 
 
 def sweep(families: list[str]) -> tuple[list[str], dict[str, str]]:

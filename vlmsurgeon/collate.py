@@ -30,7 +30,11 @@ PACKED: dict[str, dict[str, int]] = {
 PROMPT_ONLY = ("qformer_input_ids", "qformer_attention_mask")
 # Processors whose `<kind>_token_id` is the text placeholder, which they expand into other
 # tokens: the token the model sees in its place (Ovis2 writes <IMG_ATOM>, hard-coded).
-EXPANDED_MEDIA_TOKENS = {"Ovis2Processor": {"image": "<IMG_ATOM>"}}
+EXPANDED_MEDIA_TOKENS = {"Ovis2Processor": {"image": "<IMG_ATOM>"},
+                         # InternVL writes a video as frames of image-context tokens
+                         "InternVLProcessor": {"video": "<IMG_CONTEXT>"},
+                         # GLM-4.1V / 4.5V / 4.6V write each video frame as image tokens
+                         "Glm4vProcessor": {"video": "<|image|>"}, "Glm46VProcessor": {"video": "<|image|>"}}
 
 
 def _template_owner(processor: Any) -> Any:
@@ -70,6 +74,7 @@ class RowStats:
     video_tokens: int
     media_end: int  # one past the last image/video token (0 without media)
     first_label: int  # the first trained position
+    video_inputs: bool = False  # the encoding holds a video tensor (pixel_values_videos, …)
 
     @property
     def text_tokens(self) -> int:
@@ -102,7 +107,9 @@ class Collator:
         if images:
             kwargs["images"] = images
         if videos:
-            kwargs["videos"] = videos
+            # frames were already sampled (--video-frames / --video-fps): the processor must not
+            # sample again, which several ask video metadata for
+            kwargs["videos"], kwargs["do_sample_frames"] = videos, False
         return self.processor(**kwargs)
 
     def _span(self, sample: Sample, media: tuple[list[Any], list[Any]], full: list[int], k: int) -> tuple[int, int]:
@@ -179,7 +186,8 @@ class Collator:
                 end = max(end, int(where.max()) + 1)
         trained = (batch["labels"][0] != IGNORE).nonzero().flatten()
         first = int(trained[0]) if len(trained) else len(ids)
-        return RowStats(len(ids), counts["image"], counts["video"], end, first)
+        return RowStats(len(ids), counts["image"], counts["video"], end, first,
+                        any("video" in key for key in batch))
 
     def encode_sample(self, sample: Sample) -> dict[str, Any]:
         return self.truncate(self.full_encoding(sample), sample)

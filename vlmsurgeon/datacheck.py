@@ -74,9 +74,11 @@ def _limit_problem(stats: Any, seq_len: int) -> str | None:
 
 def _media_problem(sample: Sample, stats: Any, collator: Any) -> str | None:
     """Media the processor was given but the token sequence does not show: it would be dropped."""
-    for kind, refs, count in (("image", sample.images, stats.image_tokens), ("video", sample.videos, stats.video_tokens)):
-        if refs and collator.media_ids.get(kind) is not None and count == 0:
-            return f"{len(refs)} {kind}(s), but the chat template wrote no {kind} placeholder for them"
+    if sample.images and collator.media_ids.get("image") is not None and stats.image_tokens == 0:
+        return f"{len(sample.images)} image(s), but the chat template wrote no image placeholder for them"
+    if sample.videos and stats.video_tokens == 0 and not stats.video_inputs:
+        return (f"{len(sample.videos)} video(s), but neither a video token nor a video input came out of "
+                "this model's chat template and processor")
     return None
 
 

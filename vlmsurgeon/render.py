@@ -263,11 +263,12 @@ def diff_table(result: Any) -> Table:
 def print_families(families: dict[str, Any]) -> None:
     """`tiny --list`: one family a line (model_type, processor, video input, training notes)."""
     from .support import UNSUPPORTED
+    from .tiny import video_placeholder
 
     width = max(map(len, families))
     for name in sorted(families):
         family = families[name]
-        video = "image+video" if family.video_processor else "image"
+        video = "image+video" if video_placeholder(family) else "image"
         blocker = UNSUPPORTED.get(name)
         note = ""
         if blocker is not None:

@@ -31,11 +31,23 @@ _TEMPLATE = """{%- macro render(content) -%}
 {%- if add_generation_prompt -%}{{- '@T0@assistant\\n' -}}{%- endif -%}"""
 
 
+def video_placeholder(family: Family) -> str:
+    """What the template writes for a video: the family's own, else its image placeholder with the
+    video token in place of the image token (Qwen's vision_start/end wrap both); none without a
+    video processor."""
+    if family.video_placeholder is not None or not family.video_processor:
+        return family.video_placeholder or ""  # "" says: video input not offered by this tiny family
+    image, video = family.specials.get("image_token"), family.specials.get("video_token")
+    if image and video and image in family.placeholder:
+        return family.placeholder.replace(image, video)
+    return video or ""
+
+
 def chat_template(family: Family) -> str:
     """A ChatML-style template; assistant turns are wrapped in {% generation %} so that
     `return_assistant_tokens_mask` marks exactly what the model should learn to write."""
     return (_TEMPLATE.replace("@IMAGE@", family.placeholder)
-            .replace("@VIDEO@", family.video_placeholder or "")
+            .replace("@VIDEO@", video_placeholder(family))
             .replace("@BOS@", "{{- bos_token -}}" if family.bos else "")
             .replace("@T0@", family.turn[0]).replace("@T1@", family.turn[1]))
 

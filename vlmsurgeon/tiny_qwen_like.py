@@ -105,7 +105,7 @@ def _glm(config_class: str, text: dict[str, Any], *, prefix: str = "Glm4v") -> F
         lambda tid, v: {"text_config": _text(v, rope_parameters=_GLM_ROPE, **text),
                         "vision_config": dict(_GLM_VISION), **_glm_ids(tid)},
         _QWEN_PATCH, video_processor=f"{prefix}VideoProcessor", video_processor_kwargs=_QWEN_PATCH,
-        extra_tokens=_GLM_EXTRA,
+        extra_tokens=_GLM_EXTRA, video_placeholder="<|begin_of_video|><|video|><|end_of_video|>",
     )
 
 
@@ -280,6 +280,9 @@ FAMILIES: dict[str, Family] = {
         video_processor="Kimi_K25VideoProcessor",
         video_processor_kwargs={"patch_size": 4, "merge_size": 2, "max_patches": 64,
                                 "size": {"max_height": 8, "max_width": 8}},
+        # video rows crash Kimi's forward on this tiny build (split sizes of the vision features
+        # disagree with its grid): the tiny family offers no video
+        video_placeholder="",
         extra_tokens=("<|media_begin|>", "<|media_content|>", "<|media_end|>"),
     ),
     "qwen2_5_omni_thinker": _omni(
@@ -321,7 +324,7 @@ FAMILIES: dict[str, Family] = {
             "audio_token_id": tid("<|audio_comp_pad|>")},
         _ONE_FRAME, {"feature_extractor": _dots3_audio},
         video_processor="Qwen3VLVideoProcessor",
-        video_processor_kwargs=_ONE_FRAME,
+        video_processor_kwargs=_ONE_FRAME, video_placeholder="<|img|><|video_pad|><|endofimg|>",
         extra_tokens=("<|img|>", "<|imgpad|>", "<|endofimg|>", "<|video_pad|>",
                       "<|audio_comp_pad|>"),
     ),
