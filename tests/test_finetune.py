@@ -132,7 +132,8 @@ def test_interrupt_saves_a_checkpoint_then_resume_finishes(tiny_models, shapes, 
     assert len(checkpoints) == 1
     assert not (run / "vlmsurgeon.json").exists()
     step = int(checkpoints[0].parent.name.split("-")[1])
-    done = subprocess.run(cmd[:-4] + ["--steps", str(step + 2), "--resume"], capture_output=True, text=True, cwd=ROOT)
+    resume = [a for a in cmd if a not in ("--steps", "400")] + ["--steps", str(step + 2), "--resume"]  # same inputs
+    done = subprocess.run(resume, capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0, done.stderr
     assert json.loads((run / "vlmsurgeon.json").read_text())["training"]["global_step"] == step + 2
 

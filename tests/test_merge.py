@@ -192,18 +192,33 @@ def test_streaming_merge_peak_memory_below_half_the_base(big, tmp_path):
     assert len(list((tmp_path / "out").glob("*.safetensors"))) >= 4
 
 
+def kill_while_writing(cmd: list[str], folder: Path) -> None:
+    """Start a merge and SIGKILL it once it is writing a shard into its staging folder."""
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(folder.glob(".out.merge-*/.part-*")):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
 def test_killed_merge_leaves_no_output_and_a_rerun_succeeds(big, tmp_path):
     base, adapter, size = big
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "vlmsurgeon.cli", "merge", str(adapter), "-o", str(out), "--dtype", "fp32",
            "--max-shard-size", "45MB"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.time() + 300
-    while time.time() < deadline and not list(tmp_path.glob(".out.merge-*/.part-*")):
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_while_writing(cmd, tmp_path)
     assert not out.exists()
+    leftovers = list(tmp_path.glob(".out.merge-*"))
+    assert leftovers  # the killed merge's staging folder: the rerun must remove it
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert out.is_dir() and not any(p.exists() for p in leftovers) and not list(tmp_path.glob(".out.merge-*"))
+    # killed while replacing the export (--force): the previous one stays whole
+    before = {p.name: p.stat().st_size for p in out.iterdir()}
+    kill_while_writing([*cmd, "--force"], tmp_path)
+    assert {p.name: p.stat().st_size for p in out.iterdir()} == before
+    assert list(tmp_path.glob(".out.merge-*"))
+    done = subprocess.run([*cmd, "--force"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert out.is_dir() and not list(tmp_path.glob(".out.merge-*"))

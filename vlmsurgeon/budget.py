@@ -3,9 +3,12 @@ human units; every limit is checked against `plan`'s figures, computed without w
 
 from __future__ import annotations
 
+import errno
+import math
 import os
 import re
 import tempfile
+import traceback
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,15 +16,28 @@ from typing import Any, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from . import fsutil
 from .components import ALL_COMPONENTS
-from .errors import BadInput
-from .preset import read_yaml
+from .errors import BadInput, RuntimeFailure, VlmSurgeonError
+from .preset import load_preset, read_yaml
 
 COUNT_UNITS = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "T": 10**12}
 BYTE_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
               "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
-_NUMBER = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?\d+)?)\s*([A-Za-z%]*)\s*$")
+_NUMBER = re.compile(r"^\s*([+-]?[0-9]*\.?[0-9]+(?:[eE][+-]?\d+)?)\s*([A-Za-z%]*)\s*$")
 _KEY = re.compile(rf"^(total|trainable|memory|({'|'.join(ALL_COMPONENTS)})\.(params|trainable))$")
+# A staged JUnit file is `.NAME.<random>.tmp` beside NAME; a killed run's leftovers match this.
+_STAGING = ".{name}.*.tmp"
+# Errors from the shared loaders name command-line options; a budget entry says it with keys.
+_OPTION_AS_KEY = (("pass --trust-remote-code", "set trust_remote_code: true on the entry"),
+                  ("--trust-remote-code", "trust_remote_code: true"), ("--freeze", "freeze"),
+                  ("--preset", "preset"), ("--seq-len", "seq_len"), ("--batch-size", "batch_size"),
+                  ("--image-tokens", "image_tokens"))
+_OPTION = re.compile(r"(?<![\w-])--[a-z][a-z-]*")
+_OWN_OPTIONS = {"--json", "--junit"}
+# errnos that mean the --junit path itself is wrong (bad input), not that the machine failed
+_PATH_ERRNOS = {errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENOTDIR, errno.EROFS, errno.ENOENT,
+                errno.ENAMETOOLONG, errno.EEXIST}
 
 
 class ModelBudget(BaseModel):
@@ -58,9 +74,15 @@ class Limit:
 class LimitResult:
     model: str
     limit: Limit
-    figure: int
-    threshold: float
+    figure: Optional[int]  # None when the limit could not be checked
+    threshold: Optional[float]
     ok: bool
+    entry: int = 0
+    error: Optional[str] = None  # why the limit could not be checked
+
+    @property
+    def status(self) -> str:
+        return "error" if self.error is not None else ("ok" if self.ok else "fail")
 
     def describe(self) -> str:
         sign = "<=" if self.limit.bound == "max" else ">="
@@ -68,22 +90,56 @@ class LimitResult:
 
 
 @dataclass
+class EntryError:
+    """Something of one entry (its model, or one of its limits) that could not be checked."""
+
+    entry: Optional[int]  # None: the budget file itself
+    model: str
+    what: str
+    hint: Optional[str] = None
+    exit_code: int = 2
+    traceback: Optional[str] = None  # printed under VLMSURGEON_DEBUG=1
+
+    @property
+    def where(self) -> str:
+        return "budget file" if self.entry is None else f"models.{self.entry} '{self.model}'"
+
+    def reason(self) -> str:
+        return f"{self.what} (try: {self.hint})" if self.hint else self.what
+
+    def line(self) -> str:
+        return f"{self.where}: {self.reason()}"
+
+
+@dataclass
 class BudgetResult:
     results: list[LimitResult] = field(default_factory=list)
+    errors: list[EntryError] = field(default_factory=list)
 
     @property
     def failures(self) -> list[LimitResult]:
-        return [r for r in self.results if not r.ok]
+        return [r for r in self.results if not r.ok and r.error is None]
 
     @property
     def ok(self) -> bool:
-        return not self.failures
+        return not self.failures and not self.errors
+
+    @property
+    def exit_code(self) -> int:
+        """2 (3: a runtime failure) when anything went unchecked, else 1 on a violation, else 0."""
+        if self.errors:
+            return max(2, *(e.exit_code for e in self.errors))
+        return 1 if self.failures else 0
 
     def to_json(self) -> dict[str, Any]:
-        return {"ok": self.ok, "checked": len(self.results), "failed": len(self.failures),
+        return {"ok": self.ok, "checked": sum(r.error is None for r in self.results),
+                "failed": len(self.failures),
+                "errors": [{"model": e.model, "entry": e.entry, "error": e.what, "hint": e.hint}
+                           for e in self.errors],
                 "results": [{"model": r.model, "limit": r.limit.key, "bound": r.limit.bound,
                              "value": r.limit.text, "threshold": r.threshold, "figure": r.figure,
-                             "ok": r.ok} for r in self.results]}
+                             "ok": r.ok, "status": r.status,
+                             **({"error": r.error} if r.error else {})} for r in self.results]}
 
 
 def parse_amount(text: Union[str, float, int], key: str) -> tuple[float, bool]:
@@ -92,9 +148,14 @@ def parse_amount(text: Union[str, float, int], key: str) -> tuple[float, bool]:
     if not match:
         raise ValueError(f"'{text}' is not a number with an optional unit")
     number, unit = float(match.group(1)), match.group(2)
+    if number < 0 or not math.isfinite(number):
+        raise ValueError(f"'{text}': a limit is a finite number >= 0")
     if unit == "%":
-        if key == "memory":
-            raise ValueError("memory takes bytes (e.g. 12GiB), not a percent")
+        if key in ("memory", "total"):
+            raise ValueError(f"{key} takes {'bytes (e.g. 12GiB)' if key == 'memory' else 'a count'}, "
+                             "not a percent")
+        if number > 100:
+            raise ValueError(f"'{text}': a share cannot be over 100%")
         return number / 100, True
     if key == "memory":
         scale = BYTE_UNITS.get(unit.upper()) if unit else 1
@@ -106,15 +167,20 @@ def parse_amount(text: Union[str, float, int], key: str) -> tuple[float, bool]:
     return number * COUNT_UNITS[unit], False
 
 
-def _parse_limits(limits: dict[str, Any], where: str, problems: list[str]) -> list[Limit]:
+def _parse_limits(limits: dict[Any, Any], where: str, problems: list[str]) -> list[Limit]:
     parsed = []
     for key, spec in limits.items():
+        key = str(key)
         loc = f"{where}.limits.{key}"
         if not _KEY.match(key):
             problems.append(f"{loc}: unknown limit (use total, trainable, memory, "
-                            "<component>.params or <component>.trainable)")
+                            "<component>.params or <component>.trainable; components: "
+                            f"{', '.join(ALL_COMPONENTS)})")
             continue
         bounds = spec if isinstance(spec, dict) else {"max": spec}
+        if not bounds:
+            problems.append(f"{loc}: give max and/or min")
+        found: dict[str, Limit] = {}
         for bound, text in bounds.items():
             if bound not in ("max", "min"):
                 problems.append(f"{loc}.{bound}: use max or min")
@@ -124,8 +190,33 @@ def _parse_limits(limits: dict[str, Any], where: str, problems: list[str]) -> li
             except ValueError as exc:
                 problems.append(f"{loc}: {exc}")
                 continue
-            parsed.append(Limit(key, str(text), bound, value, percent))
+            found[bound] = Limit(key, str(text), bound, value, percent)
+        low, high = found.get("min"), found.get("max")
+        if low and high and low.percent == high.percent and low.value > high.value:
+            problems.append(f"{loc}: min {low.text} is above max {high.text}; no figure can pass")
+        parsed.extend(found.values())
     return parsed
+
+
+def _check_entry(entry: dict[str, Any], where: str, problems: list[str]) -> None:
+    """What can be known wrong in an entry before its model loads: limits against the preset,
+    the preset itself, and the names in freeze."""
+    keys = [str(k) for k in entry.get("limits") or {}] if isinstance(entry.get("limits"), dict) else []
+    preset, freeze = entry.get("preset"), entry.get("freeze")
+    if any(k == "memory" or k.endswith("trainable") for k in keys) and not (preset or freeze):
+        problems.append(f"{where}: trainable/memory limits need a preset or freeze")
+    if preset and freeze:
+        problems.append(f"{where}: give preset or freeze, not both")
+    if isinstance(freeze, str) and freeze:
+        unknown = [n.strip() for n in freeze.split(",") if n.strip() not in ALL_COMPONENTS]
+        if unknown:
+            problems.append(f"{where}.freeze: unknown component(s) {', '.join(map(repr, unknown))} "
+                            f"(valid: {', '.join(ALL_COMPONENTS)})")
+    if isinstance(preset, str) and preset:
+        try:
+            load_preset(preset)
+        except BadInput as exc:
+            problems.append(f"{where}.preset: {exc.what}" + (f" ({exc.hint})" if exc.hint else ""))
 
 
 def load_budget(path: Path) -> tuple[BudgetFile, list[list[Limit]]]:
@@ -145,18 +236,35 @@ def load_budget(path: Path) -> tuple[BudgetFile, list[list[Limit]]]:
     models = data.get("models") if isinstance(data, dict) else None
     for i, entry in enumerate(models if isinstance(models, list) else []):
         raw = entry.get("limits") if isinstance(entry, dict) else None
-        parsed = _parse_limits(raw, f"models.{i}", problems) if isinstance(raw, dict) else []
-        limits.append(parsed)
-        keys = raw.keys() if isinstance(raw, dict) else []
-        needs_preset = any(k == "memory" or str(k).endswith("trainable") for k in keys)
-        if isinstance(entry, dict) and needs_preset and not (entry.get("preset") or entry.get("freeze")):
-            problems.append(f"models.{i}: trainable/memory limits need a preset or freeze")
-        if isinstance(entry, dict) and entry.get("preset") and entry.get("freeze"):
-            problems.append(f"models.{i}: give preset or freeze, not both")
+        limits.append(_parse_limits(raw, f"models.{i}", problems) if isinstance(raw, dict) else [])
+        if isinstance(entry, dict):
+            _check_entry(entry, f"models.{i}", problems)
     if problems or budget is None:
         raise BadInput(f"{path}: {len(problems)} problem(s): " + "; ".join(problems),
                        "see examples/budgets.yaml")
     return budget, limits
+
+
+def _for_budget(text: Optional[str]) -> Optional[str]:
+    """A loader's message in budget terms: options become entry keys; a hint still naming an
+    option `budget check` lacks is dropped rather than sent the user looking for it."""
+    if text is None:
+        return None
+    for option, key in _OPTION_AS_KEY:
+        text = text.replace(option, key)
+    return " ".join(text.split())
+
+
+def _entry_error(i: int, name: str, exc: BaseException) -> EntryError:
+    """Our errors keep their exit code (2 for bad input); anything else is a runtime failure (3)."""
+    if isinstance(exc, VlmSurgeonError):
+        hint = _for_budget(exc.hint)
+        hint = None if hint and set(_OPTION.findall(hint)) - _OWN_OPTIONS else hint
+        return EntryError(i, name, _for_budget(exc.what) or "", hint, exc.exit_code,
+                          traceback.format_exc())
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    return EntryError(i, name, f"{type(exc).__name__}: {first}".rstrip(": "),
+                      "VLMSURGEON_DEBUG=1 for the traceback", 3, traceback.format_exc())
 
 
 def _figure(key: str, plan: Any) -> tuple[int, int]:
@@ -170,57 +278,124 @@ def _figure(key: str, plan: Any) -> tuple[int, int]:
         m = plan.memory
         return (m.total if plan.settings.gradient_checkpointing else m.total_no_ckpt), 0
     component, what = key.split(".")
-    fig = report.components.get(component)
-    params = fig.params if fig else 0
+    params = report.components[component].params
     if what == "params":
         return params, report.total_params
     state = plan.applied.components.get(component)
     return (state.trainable if state else 0), params
 
 
-def check_budget(path: Path) -> BudgetResult:
+def _plan(entry: ModelBudget) -> Any:
     from .plan import PlanSettings, plan_model
 
+    settings = PlanSettings(entry.seq_len, entry.batch_size, entry.image_tokens,
+                            entry.gradient_checkpointing)
+    # no preset: every component frozen, so that only counts are checked
+    freeze = None if entry.preset else (entry.freeze or ",".join(ALL_COMPONENTS))
+    return plan_model(entry.model, preset=entry.preset, freeze=freeze, settings=settings,
+                      trust_remote_code=entry.trust_remote_code)
+
+
+def check_budget(path: Path) -> BudgetResult:
+    """Every entry is checked even when one before it fails to load: that entry's limits become
+    errors (exit 2), the others keep their verdicts. An invalid file is refused whole (BadInput)."""
     budget, limits = load_budget(path)
     result = BudgetResult()
-    for entry, entry_limits in zip(budget.models, limits):
+    for i, (entry, entry_limits) in enumerate(zip(budget.models, limits)):
         name = entry.name or entry.model
-        settings = PlanSettings(entry.seq_len, entry.batch_size, entry.image_tokens,
-                                entry.gradient_checkpointing)
-        if entry.preset or entry.freeze:
-            plan = plan_model(entry.model, preset=entry.preset, freeze=entry.freeze,
-                              settings=settings, trust_remote_code=entry.trust_remote_code)
-        else:
-            # no preset: every component frozen, so that only counts are checked
-            plan = plan_model(entry.model, freeze=",".join(ALL_COMPONENTS),
-                              settings=settings, trust_remote_code=entry.trust_remote_code)
+        try:
+            plan = _plan(entry)
+        except Exception as exc:  # one entry's failure must not hide the others' verdicts
+            error = _entry_error(i, name, exc)
+            result.errors.append(error)
+            result.results.extend(LimitResult(name, limit, None, None, False, i, error.reason())
+                                  for limit in entry_limits)
+            continue
+        present = plan.breakdown.components
         for limit in entry_limits:
+            component = limit.key.split(".")[0]
+            if "." in limit.key and component not in present:
+                what = (f"limit {limit.key}: the model has no {component} component "
+                        f"(it has {', '.join(present)})")
+                error = EntryError(i, name, what, "remove the limit, or check `model:`")
+                result.errors.append(error)
+                result.results.append(LimitResult(name, limit, None, None, False, i, error.reason()))
+                continue
             figure, base = _figure(limit.key, plan)
             threshold = limit.value * base if limit.percent else limit.value
             ok = figure <= threshold if limit.bound == "max" else figure >= threshold
-            result.results.append(LimitResult(name, limit, figure, threshold, ok))
+            result.results.append(LimitResult(name, limit, figure, threshold, ok, i))
     return result
 
 
-def write_junit(result: BudgetResult, out: Path) -> None:
-    """One <testcase> per limit, a <failure> for each violated one; written atomically."""
-    suites = ET.Element("testsuites", name="vlmsurgeon budget", tests=str(len(result.results)),
-                        failures=str(len(result.failures)))
-    by_model: dict[str, list[LimitResult]] = {}
+def invalid_file_result(path: Path, exc: VlmSurgeonError) -> BudgetResult:
+    """The JUnit view of a budget file that could not be read or validated: one error."""
+    return BudgetResult(errors=[EntryError(None, str(path), exc.what, exc.hint, exc.exit_code)])
+
+
+def junit_xml(result: BudgetResult) -> bytes:
+    """One <testsuite> per entry and one <testcase> per limit: a <failure> for each violated one,
+    an <error> for each that could not be checked (an entry that failed to load, with no limits,
+    still gets one test case for its load)."""
+    rows_of: dict[Optional[int], list[LimitResult]] = {}
     for r in result.results:
-        by_model.setdefault(r.model, []).append(r)
-    for model, rows in by_model.items():
-        suite = ET.SubElement(suites, "testsuite", name=f"budget: {model}", tests=str(len(rows)),
-                              failures=str(sum(not r.ok for r in rows)), errors="0")
+        rows_of.setdefault(r.entry, []).append(r)
+    # an error with no limit rows to carry it (a file error, or an entry without limits)
+    bare = [e for e in result.errors if e.entry not in rows_of]
+    suites = ET.Element("testsuites", name="vlmsurgeon budget",
+                        tests=str(len(result.results) + len(bare)),
+                        failures=str(len(result.failures)),
+                        errors=str(sum(r.status == "error" for r in result.results) + len(bare)))
+    order = sorted(set(rows_of) | {e.entry for e in bare}, key=lambda i: -1 if i is None else i)
+    for i in order:
+        rows = rows_of.get(i, [])
+        lone = [e for e in bare if e.entry == i]
+        model = rows[0].model if rows else lone[0].model
+        suite = ET.SubElement(suites, "testsuite", name=f"budget: {model}",
+                              tests=str(len(rows) + len(lone)),
+                              failures=str(sum(r.status == "fail" for r in rows)),
+                              errors=str(sum(r.status == "error" for r in rows) + len(lone)))
         for r in rows:
             case = ET.SubElement(suite, "testcase", classname=f"budget.{model}", name=r.describe())
-            if not r.ok:
-                failure = ET.SubElement(case, "failure", type="BudgetExceeded",
-                                        message=f"{r.limit.key} = {r.figure:,} violates {r.describe()} "
-                                                f"(threshold {r.threshold:,.0f})")
-                failure.text = failure.get("message")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-    with os.fdopen(fd, "wb") as fh:
-        ET.ElementTree(suites).write(fh, encoding="utf-8", xml_declaration=True)
-    os.replace(tmp, out)
+            if r.error is not None:
+                ET.SubElement(case, "error", type="NotChecked", message=r.error).text = r.error
+            elif not r.ok:
+                message = (f"{r.limit.key} = {r.figure:,} violates {r.describe()} "
+                           f"(threshold {r.threshold:,.0f})")
+                ET.SubElement(case, "failure", type="BudgetExceeded", message=message).text = message
+        for e in lone:
+            case = ET.SubElement(suite, "testcase", classname=f"budget.{model}",
+                                 name="budget file" if e.entry is None else "load model")
+            ET.SubElement(case, "error", type="NotChecked", message=e.reason()).text = e.reason()
+    return ET.tostring(suites, encoding="utf-8", xml_declaration=True)
+
+
+def write_junit(result: BudgetResult, out: Path) -> None:
+    """Written atomically: staged beside `out`, given the umask's modes, renamed. A killed run
+    leaves `out` as it was (or absent) and a staged file that the next run removes."""
+    _write_atomic(junit_xml(result), out)
+
+
+def _write_atomic(data: bytes, out: Path) -> None:
+    """`out` holds all of `data` or what it held before; never a part. OSError becomes BadInput
+    when the path is at fault (exit 2), RuntimeFailure otherwise (a full disk: exit 3)."""
+    tmp: Optional[Path] = None
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fsutil.clean_leftovers(out, (_STAGING,))
+        fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+        tmp = Path(name)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        fsutil.publish(tmp, out)
+    except BaseException as exc:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+        if not isinstance(exc, OSError):
+            raise
+        what = f"--junit {out}: cannot write ({exc.strerror or exc})"
+        if exc.errno in _PATH_ERRNOS:
+            raise BadInput(what, "give a writable file path") from exc
+        raise RuntimeFailure(what, "free disk space, or write the report elsewhere") from exc

@@ -3,16 +3,18 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
+import traceback
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
 from . import __version__
-from .errors import VlmSurgeonError
+from .errors import VlmSurgeonError, offer_settings, withdraw_settings
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -148,6 +150,9 @@ def finetune(
     no_ckpt: bool = typer.Option(False, "--no-gradient-checkpointing", help="Turn gradient checkpointing off."),
     skip_bad_rows: bool = typer.Option(False, "--skip-bad-rows", help="Train without the rows that fail validation."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the newest complete checkpoint."),
+    resume_changed: Optional[str] = typer.Option(
+        None, "--resume-changed", help="With --resume: inputs you mean to change, e.g. lr,data (else a "
+                                       "changed input stops the resume); recorded in vlmsurgeon.json."),
     strict_grads: bool = typer.Option(False, "--strict-grads",
                                       help="Stop (exit 1) before the first optimizer step if a trainable "
                                            "parameter got no gradient, instead of warning."),
@@ -172,7 +177,7 @@ def finetune(
                          strict_grads=strict_grads or None, image_root=image_root, max_pixels=max_pixels,
                          min_pixels=min_pixels, image_size=image_size, video_frames=video_frames,
                          video_fps=video_fps)
-    result = run(opts, resume=resume, trust_remote_code=trust_remote_code)
+    result = run(opts, resume=resume, resume_changed=resume_changed, trust_remote_code=trust_remote_code)
     loss = f", final loss {result.final_loss:.4f}" if result.final_loss is not None else ""
     skipped = f", skipped {result.skipped_rows} bad row(s)" if result.skipped_rows else ""
     print(f"{result.run_dir}: {result.global_step} steps{loss}{skipped}")
@@ -184,7 +189,9 @@ def _size(text: str) -> int:
     try:
         return int(parse_amount(text.replace("iB", "IB"), "memory")[0])
     except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from exc
+        from .errors import BadInput
+
+        raise BadInput(f"--max-shard-size {text}: {exc}", "e.g. --max-shard-size 2GB") from exc
 
 
 def _components(text: Optional[str]) -> Optional[list[str]]:
@@ -214,7 +221,7 @@ def merge(
     only: Optional[str] = typer.Option(None, "--only", help="Merge/export only these components, e.g. lm."),
     adapter_only: bool = typer.Option(False, "--adapter-only", help="Export a (subset) adapter, not a checkpoint."),
     verify: bool = typer.Option(False, "--verify", help="Probe the export against the model as trained."),
-    force: bool = typer.Option(False, "--force", help="Replace an existing OUT."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing OUT folder (never a file)."),
 ) -> None:
     """Merge adapters into the base and export a checkpoint that plain transformers loads."""
     _quiet_libraries()
@@ -281,16 +288,26 @@ def data_check(
 ) -> None:
     """What finetune's validation finds, without training: rows per format, media, token lengths, bad rows."""
     _quiet_libraries()
+    from pydantic import ValidationError
+
     from .datacheck import check_rows
     from .data import load_dataset_rows
+    from .errors import BadInput
     from .render import print_data_report, print_json
     from .runconfig import RunOptions
+    from .sources import load_source, resolve
     from .train import load_processor, make_collator
 
-    opts = RunOptions(model=model, seq_len=seq_len, image_root=image_root, max_pixels=max_pixels,
-                      min_pixels=min_pixels, image_size=image_size, video_frames=video_frames,
-                      video_fps=video_fps)
+    try:
+        opts = RunOptions(model=model, seq_len=seq_len, image_root=image_root, max_pixels=max_pixels,
+                          min_pixels=min_pixels, image_size=image_size, video_frames=video_frames,
+                          video_fps=video_fps)
+    except ValidationError as exc:
+        raise BadInput("data check: " + "; ".join(f"--{'.'.join(map(str, e['loc'])).replace('_', '-')}: "
+                                                  f"{e['msg']}" for e in exc.errors()),
+                       "see vlmsurgeon data check --help") from exc
     rows = load_dataset_rows(data, image_root=image_root)
+    load_source(resolve(model))  # a missing or uncached model is named here, not by the processor loader
     processor, pixels = load_processor(model, opts)
     report, _ = check_rows(rows, make_collator(processor, opts))
     report.processor = pixels
@@ -306,23 +323,33 @@ def budget_check(
     as_json: bool = typer.Option(False, "--json", help="Print results as JSON only."),
     junit: Optional[Path] = typer.Option(None, "--junit", help="Also write a JUnit XML report."),
 ) -> None:
-    """Check every limit; exit 0 when all hold, 1 when any fails, 2 when the file is invalid."""
+    """Check every limit of every model; exit 0 when all hold, 1 when any fails, 2 when the file
+    is invalid or a model could not be checked (the others still are). --junit is always written."""
     _quiet_libraries()
-    from .budget import check_budget, write_junit
+    from .budget import check_budget, invalid_file_result, write_junit
     from .render import budget_table, make_console, print_json
 
-    result = check_budget(budget)
-    if junit:
-        write_junit(result, junit)
+    try:
+        result = check_budget(budget)
+    except VlmSurgeonError as exc:
+        if junit:  # never leave an earlier run's report standing for this one
+            write_junit(invalid_file_result(budget, exc), junit)
+        raise
     if as_json:
         print_json(result.to_json())
     else:
         make_console().print(budget_table(result))
-    if not result.ok:
-        for r in result.failures:
-            print(f"vlmsurgeon: budget violated: {r.model}: {r.limit.key} = {r.figure:,} "
-                  f"(limit {r.describe()})", file=sys.stderr)
-        raise typer.Exit(1)
+    for e in result.errors:
+        if e.traceback and os.environ.get("VLMSURGEON_DEBUG") == "1":
+            print(e.traceback, file=sys.stderr, end="")
+        print(f"vlmsurgeon: error: {e.line()}", file=sys.stderr)
+    for r in result.failures:
+        print(f"vlmsurgeon: budget violated: {r.model}: {r.limit.key} = {r.figure:,} "
+              f"(limit {r.describe()})", file=sys.stderr)
+    if junit:
+        write_junit(result, junit)
+    if result.exit_code:
+        raise typer.Exit(result.exit_code)
 
 
 @app.command()
@@ -344,32 +371,99 @@ def tiny(
     if model_type is None or out is None:
         raise BadInput("tiny: give a family and -o DIR, or --list", "e.g. vlmsurgeon tiny qwen2_vl -o tiny-qwen")
     _quiet_libraries()
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # a bar for a sub-second save is noise
     from .tiny import build_tiny
 
     path = build_tiny(model_type, out, seed=seed)
     print(path)
 
 
+# Settings a command takes from its file rather than a flag, as hints from shared code name them.
+_FILE_SETTINGS = {
+    "budget check": {"trust_remote_code": "set trust_remote_code: true on the entry"},
+}
+
+
+def _offer_settings(command: Any, path: str = "") -> None:
+    """Wrap every command's callback so that, while it runs, shared code knows which settings
+    (options, or keys of its file) that command offers: hints then name only what exists."""
+    if hasattr(command, "commands"):  # a group (typer vendors click: duck-typed, not imported)
+        for name, sub in command.commands.items():
+            _offer_settings(sub, f"{path} {name}".strip())
+        return
+    if command.callback is None:
+        return
+    settings = {p.name: f"pass {max(p.opts, key=len)}" for p in command.params
+                if p.param_type_name == "option" and p.name}
+    settings.update(_FILE_SETTINGS.get(path, {}))
+    inner = command.callback
+
+    @functools.wraps(inner)
+    def call(*args: object, **kwargs: object) -> object:
+        token = offer_settings(settings)
+        try:
+            return inner(*args, **kwargs)
+        finally:
+            withdraw_settings(token)
+
+    command.callback = call
+
+
+def _usage_line(exc: typer.TyperException, root: Any) -> str:
+    """click's usage error as one line: `inspect: no such option: --foo (try: vlmsurgeon inspect --help)`."""
+    ctx = getattr(exc, "ctx", None)
+    path = ctx.command_path if ctx is not None else _path_from_args(root, sys.argv[1:])
+    message = " ".join(exc.format_message().split()).rstrip(".")
+    message = message[:1].lower() + message[1:]
+    command = path.partition(" ")[2]
+    return f"{command + ': ' if command else ''}{message} (try: {path} --help)"
+
+
+def _path_from_args(root: Any, args: list[str]) -> str:
+    """The command the arguments name (`vlmsurgeon budget check`), for errors raised while
+    parsing, before click has a context for it."""
+    path, node = ["vlmsurgeon"], root
+    for arg in args:
+        node = getattr(node, "commands", {}).get(arg)
+        if node is None:
+            break
+        path.append(arg)
+    return " ".join(path)
+
+
+def _fail(line: str, code: int, debug: bool) -> None:
+    if debug:
+        traceback.print_exc()
+    line = " ".join(part.strip() for part in line.splitlines() if part.strip())  # one line, always
+    print(f"vlmsurgeon: error: {line}", file=sys.stderr)
+    sys.exit(code)
+
+
 def main() -> None:
-    """Entry point: one line and an exit code for our errors; tracebacks only when debugging."""
+    """Entry point: one line and an exit code for every failure (usage errors included);
+    `VLMSURGEON_DEBUG=1` adds the traceback and keeps the exit code."""
     debug = os.environ.get("VLMSURGEON_DEBUG") == "1"
+    command = typer.main.get_command(app)
+    _offer_settings(command)
     try:
-        app()
+        code = command.main(prog_name="vlmsurgeon", standalone_mode=False)
+    except typer.TyperException as exc:  # usage errors: unknown option, missing argument, bad value
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            sys.exit(2)  # a bare group: its help is already printed, as click does
+        _fail(_usage_line(exc, command), 2, debug)
+    except typer.Abort:
+        _fail("aborted", 130, debug)
     except VlmSurgeonError as exc:
-        if debug:
-            raise
-        print(f"vlmsurgeon: error: {exc.line()}", file=sys.stderr)
-        sys.exit(exc.exit_code)
+        _fail(exc.line(), exc.exit_code, debug)
     except KeyboardInterrupt:
         print("vlmsurgeon: interrupted", file=sys.stderr)
         sys.exit(130)
     except Exception as exc:  # a bug or an unexpected library failure: still one line
-        if debug:
-            raise
         first = str(exc).splitlines()[0] if str(exc) else ""
-        print(f"vlmsurgeon: error: {type(exc).__name__}: {first} "
-              "(try: VLMSURGEON_DEBUG=1 for the traceback)", file=sys.stderr)
-        sys.exit(3)
+        _fail(f"{type(exc).__name__}: {first} (try: VLMSURGEON_DEBUG=1 for the traceback)", 3, debug)
+    if code == 130:  # typer turns Ctrl-C into a quiet Exit(130) when not standalone: say it
+        print("vlmsurgeon: interrupted", file=sys.stderr)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -4,30 +4,25 @@ changes applied). Streaming: one tensor of each side in memory at a time."""
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import BadInput
+from .sources import read_header, read_json
 
 
 class CheckpointSource:
     """Tensors of a saved checkpoint, by in-memory parameter name."""
 
     def __init__(self, path: Path) -> None:
-        from safetensors import safe_open
-
-        from .merge import base_files, key_map
+        from .trained import base_files, key_map
 
         self.path = path
         self.files = base_files(path)
         self.where: dict[str, tuple[Path, str]] = {}
-        disk: list[tuple[Path, str]] = []
-        for file in self.files:
-            with safe_open(str(file), "pt") as handle:
-                disk.extend((file, k) for k in handle.keys())
+        disk = [(file, k) for file in self.files for k in read_header(file) if k != "__metadata__"]
         keys, _, self.model = key_map(path, [k for _, k in disk])
         self.where = {keys[k]: (f, k) for f, k in disk}
         self._handles: dict[Path, Any] = {}
@@ -39,9 +34,14 @@ class CheckpointSource:
         from safetensors import safe_open
 
         file, key = self.where[name]
-        if file not in self._handles:
-            self._handles[file] = safe_open(str(file), "pt")
-        return self._handles[file].get_tensor(key)
+        try:
+            if file not in self._handles:
+                self._handles[file] = safe_open(str(file), "pt")
+            return self._handles[file].get_tensor(key)
+        except Exception as exc:  # SafetensorError: damage the header check cannot see
+            detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise BadInput(f"{file}: corrupt safetensors file ({detail})",
+                           "re-download or re-save the file") from exc
 
 
 class RunSource:
@@ -49,9 +49,14 @@ class RunSource:
     original weights) and fully trained tensors applied."""
 
     def __init__(self, path: Path) -> None:
-        from .merge import load_trained
+        from .trained import load_trained
 
         self.trained = load_trained(path, None)
+        recorded = self.trained.record.get("trainable_params")
+        if not self.trained.lora and not self.trained.full and recorded:
+            # a run that trained something but holds none of it would diff as "0 changed"
+            raise BadInput(f"run '{path}' records {recorded} trainable parameters but holds no trained tensors",
+                           "restore the run's adapter/ and trained_components.safetensors")
         self.base = CheckpointSource(self.trained.base)
         self.model = self.base.model
 
@@ -73,7 +78,9 @@ def open_source(path: Path) -> Any:
     if not path.is_dir():
         raise BadInput(f"'{path}': no such directory", "pass two checkpoints or a checkpoint and a run dir")
     record = path / "vlmsurgeon.json"
-    if record.is_file() and "vlmsurgeon_merge" not in json.loads(record.read_text()):
+    if record.is_file() and "vlmsurgeon_merge" not in read_json(record):
+        return RunSource(path)
+    if (path / "adapter_config.json").is_file():  # a bare adapter: its base with the adapter applied
         return RunSource(path)
     return CheckpointSource(path)
 

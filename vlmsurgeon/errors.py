@@ -1,6 +1,10 @@
-"""Error types: each carries what went wrong, why, and what to try, plus its exit code."""
+"""Error types: each carries what went wrong, why, and what to try, plus its exit code. Also which
+settings the running command offers, so that hints from shared code name only options that exist."""
 
 from __future__ import annotations
+
+from contextvars import ContextVar, Token
+from typing import Mapping, Optional
 
 
 class VlmSurgeonError(Exception):
@@ -33,3 +37,26 @@ class RuntimeFailure(VlmSurgeonError):
     """Something broke while running: exit 3."""
 
     exit_code = 3
+
+
+# The running command's settings, each with how its user sets it ("pass --trust-remote-code",
+# or a key of the command's file). None outside the CLI: library callers get the flag's name.
+_SETTINGS: ContextVar[Optional[Mapping[str, str]]] = ContextVar("vlmsurgeon_settings", default=None)
+
+
+def offer_settings(settings: Mapping[str, str]) -> Token:
+    """Called by the CLI as a command starts: `{"trust_remote_code": "pass --trust-remote-code"}`."""
+    return _SETTINGS.set(dict(settings))
+
+
+def withdraw_settings(token: Token) -> None:
+    _SETTINGS.reset(token)
+
+
+def how_to_set(setting: str, flag: str) -> str | None:
+    """How the user of the running command sets `setting` ("pass --trust-remote-code"); None when
+    that command has no such setting, so a hint can offer something else instead."""
+    offered = _SETTINGS.get()
+    if offered is None:
+        return f"pass {flag}"
+    return offered.get(setting)

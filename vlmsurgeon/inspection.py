@@ -9,7 +9,8 @@ from .components import classify, structural_roots
 from .errors import BadInput
 from .report import Breakdown, breakdown
 from .sources import (
-    ModelSource, build_on_meta, config_object, header_tensors, is_native, load_source, resolve,
+    ModelSource, build_on_meta, config_object, header_tensors, is_native, load_source, remote_code_hint,
+    resolve,
 )
 from .tree import from_module, from_tensors
 
@@ -29,7 +30,7 @@ def inspect_model(reference: str, *, trust_remote_code: bool = False,
         if source.config.get("auto_map"):
             raise BadInput(f"model '{reference}': model_type '{model_type}' needs code from the "
                            "model repo and there are no *.safetensors to read headers from",
-                           "pass --trust-remote-code, or point at the directory with the weights")
+                           remote_code_hint("point at the directory with the weights"))
         raise BadInput(f"model '{reference}': unknown model_type '{model_type}' and no weights",
                        "upgrade transformers, or point at a directory with *.safetensors")
     return from_headers(source)
@@ -45,7 +46,7 @@ def meta_model(reference: str, *, trust_remote_code: bool = False,
                        "point at a model's config.json")
     if not is_native(model_type) and not (trust_remote_code and source.config.get("auto_map")):
         raise BadInput(f"model '{reference}': model_type '{model_type}' needs code from the model "
-                       "repo to build its modules", "pass --trust-remote-code if you trust it")
+                       "repo to build its modules", remote_code_hint())
     config = config_object(source, trust_remote_code)
     return source, build_on_meta(source, config, trust_remote_code)
 

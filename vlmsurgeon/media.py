@@ -16,6 +16,9 @@ _DATA_URI = re.compile(r"^data:(image|video)/[\w.+-]+;base64,", re.I)
 _BASE64 = re.compile(r"^[A-Za-z0-9+/=\s]+$")
 # Qwen-style processors refuse images whose long side exceeds 200 × the short side.
 MAX_ASPECT = 200
+# Smaller sides hold nothing to learn from (a 1×1 image is the placeholder a failed download leaves),
+# and a 1- or 3-pixel side is what transformers takes for the channel axis of an image array.
+MIN_SIDE = 4
 
 
 class MediaError(ValueError):
@@ -101,9 +104,12 @@ def check_image(ref: Any) -> tuple[int, int]:
             name = "inline image data" if isinstance(ref, bytes) else str(ref)
             raise MediaError(f"cannot open image {name} ({type(exc).__name__})") from None
     width, height = size
-    if min(width, height) < 1 or max(width, height) / max(min(width, height), 1) > MAX_ASPECT:
+    if min(width, height) >= 1 and max(width, height) / min(width, height) > MAX_ASPECT:
         raise MediaError(f"image of {width}×{height} pixels: aspect ratio over {MAX_ASPECT}, which "
                          "vision processors refuse; crop or pad it")
+    if min(width, height) < MIN_SIDE:
+        raise MediaError(f"image of {width}×{height} pixels: a side under {MIN_SIDE} pixels holds nothing "
+                         "to learn from (often the placeholder of a failed download); replace or drop it")
     return width, height
 
 

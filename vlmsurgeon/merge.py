@@ -4,107 +4,24 @@ streaming one safetensors shard at a time, and export a checkpoint plain transfo
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from .errors import BadInput
-from .provenance import ADAPTER_DIR, COMPONENTS_FILE, PROCESSOR_DIR, versions
+from .fsutil import clean_leftovers, honour_umask, publish
+from .provenance import PROCESSOR_DIR, versions
+from .sources import read_header, read_json
+from .trained import Trained, base_files, key_map, load_tensors, load_trained, missing_artifacts, record_field
 
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 TARGETS = ("dequantized", "original")
 _WEIGHT_FILES = re.compile(r"(\.safetensors|\.bin|\.safetensors\.index\.json|\.bin\.index\.json)$")
-
-
-@dataclass
-class Trained:
-    """What a run changed, by in-memory parameter name."""
-
-    base: Path
-    run_dir: Path | None
-    adapter_dir: Path | None
-    lora: dict[str, tuple[Any, Any, float]] = field(default_factory=dict)  # module -> (A, B, scale)
-    full: dict[str, Any] = field(default_factory=dict)  # parameter -> tensor
-    quantized_components: list[str] = field(default_factory=list)
-    record: dict[str, Any] = field(default_factory=dict)
-    adapter_config: dict[str, Any] = field(default_factory=dict)
-
-
-def _pattern_value(patterns: dict[str, Any], key: str, default: Any) -> Any:
-    for pattern, value in patterns.items():  # peft's rule: the pattern matches a key suffix
-        if re.match(rf"(.*\.)?({pattern})$", key):
-            return value
-    return default
-
-
-def load_trained(source: Path, base: str | None) -> Trained:
-    """A run directory (vlmsurgeon.json) or a bare peft adapter directory."""
-    from safetensors.torch import load_file
-
-    record: dict[str, Any] = {}
-    if (source / "vlmsurgeon.json").is_file():
-        record = json.loads((source / "vlmsurgeon.json").read_text())
-        adapter_dir = source / ADAPTER_DIR if (source / ADAPTER_DIR).is_dir() else None
-        run_dir: Path | None = source
-    elif (source / "adapter_config.json").is_file():
-        adapter_dir, run_dir = source, None
-    else:
-        raise BadInput(f"'{source}' is neither a run directory nor a peft adapter",
-                       "point at a `vlmsurgeon finetune -o` directory or a folder with adapter_config.json")
-    config = json.loads((adapter_dir / "adapter_config.json").read_text()) if adapter_dir else {}
-    base_ref = base or record.get("base", {}).get("reference") or config.get("base_model_name_or_path")
-    if not base_ref or not Path(base_ref).is_dir():
-        raise BadInput(f"base model '{base_ref}' is not a local directory", "pass --base DIR")
-    trained = Trained(Path(base_ref), run_dir, adapter_dir, record=record, adapter_config=config,
-                      quantized_components=list(record.get("preset", {}).get("quantize", []))
-                      if str(record.get("quantize", "none")).startswith("4bit") else [])
-    if adapter_dir:
-        if config.get("use_dora"):
-            raise BadInput("DoRA adapters are not supported by merge", "train with plain LoRA")
-        tensors = {k.removeprefix("base_model.model."): v
-                   for k, v in load_file(str(adapter_dir / "adapter_model.safetensors")).items()}
-        for name, tensor in tensors.items():
-            if ".lora_A." in name:
-                module = name.split(".lora_A.")[0]
-                b = tensors[f"{module}.lora_B.weight"]
-                rank = tensor.shape[0]
-                alpha = _pattern_value(config.get("alpha_pattern") or {}, module, config.get("lora_alpha", rank))
-                scale = alpha / (rank ** 0.5 if config.get("use_rslora") else rank)
-                trained.lora[module] = (tensor, b, float(scale))
-            elif ".lora_" not in name:
-                trained.full[name] = tensor
-    if run_dir and (run_dir / COMPONENTS_FILE).is_file():
-        trained.full.update(load_file(str(run_dir / COMPONENTS_FILE)))
-    return trained
-
-
-def base_files(base: Path) -> list[Path]:
-    from .sources import local_weight_files
-
-    files = local_weight_files(base)
-    if not files:
-        raise BadInput(f"base '{base}' has no *.safetensors weights", "point --base at a saved checkpoint")
-    return files
-
-
-def key_map(base: Path, disk_keys: list[str]) -> tuple[dict[str, str], dict[str, Any], Any]:
-    """On-disk key -> in-memory parameter name (transformers renames legacy layouts at load),
-    plus the meta state dict and the meta model."""
-    from transformers.conversion_mapping import get_model_conversion_mapping
-    from transformers.core_model_loading import WeightConverter, WeightRenaming, rename_source_key
-
-    from .inspection import meta_model
-
-    _, model = meta_model(str(base))
-    conversions = get_model_conversion_mapping(model)
-    renamings = [c for c in conversions if isinstance(c, WeightRenaming)]
-    converters = [c for c in conversions if isinstance(c, WeightConverter)]
-    meta = dict(model.state_dict())
-    mapping = {k: rename_source_key(k, renamings, converters, model.base_model_prefix, meta)[0] for k in disk_keys}
-    return mapping, meta, model
+STAGING = ".{name}.merge-*"  # the export being built beside OUT, and the old OUT while it is swapped
 
 
 def check_fit(trained: Trained, meta: dict[str, Any]) -> None:
@@ -177,8 +94,6 @@ class TensorReader:
     page it touches stays in the process's resident set until the file is closed)."""
 
     def __init__(self, path: Path) -> None:
-        from .sources import read_header
-
         self.header = read_header(path)
         self.file = path.open("rb")
         self.start = 8 + int.from_bytes(self.file.read(8), "little")
@@ -277,7 +192,7 @@ def torch_uint8() -> Any:
 def copy_side_files(trained: Trained, out: Path, dtype: str) -> None:
     """Config (with the exported dtype, without quantization), generation config, and the
     processor / tokenizer / chat-template files (the run's, else the base's)."""
-    config = json.loads((trained.base / "config.json").read_text())
+    config = read_json(trained.base / "config.json")
     config.pop("quantization_config", None)
     config["dtype"] = DTYPES[dtype]
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
@@ -290,22 +205,59 @@ def copy_side_files(trained: Trained, out: Path, dtype: str) -> None:
                 shutil.copy2(file, out / file.name)
 
 
-def clean_stale(out: Path) -> None:
-    for stale in out.parent.glob(f".{out.name}.merge-*"):
-        shutil.rmtree(stale, ignore_errors=True)
+def check_output(out: Path, force: bool) -> None:
+    """-o must be new, or an existing folder with --force. A file there is never replaced: the
+    export is a folder, and a file at -o is likelier a slip than an earlier export."""
+    if (out.exists() or out.is_symlink()) and not out.is_dir():
+        raise BadInput(f"output '{out}' is a file, not a folder",
+                       "choose a folder path for -o; --force replaces only a folder")
+    if out.exists() and not force:
+        raise BadInput(f"output '{out}' exists", "pass --force to replace it, or choose another -o")
+
+
+def stage(out: Path, inputs: tuple[Path | None, ...]) -> Path:
+    """The staging folder beside OUT, once what a killed merge left there is removed. OUT may
+    not hold the merge's own inputs: replacing it would delete them."""
+    target = out.resolve()
+    for path in filter(None, inputs):
+        if target == path.resolve() or target in path.resolve().parents:
+            raise BadInput(f"output '{out}' holds the merge's input '{path}'", "choose another -o")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        clean_leftovers(out, (STAGING,))
+        return Path(tempfile.mkdtemp(prefix=f".{out.name}.merge-", dir=out.parent))  # matches STAGING
+    except OSError as exc:
+        folder = next(p for p in (out.parent, *out.parent.parents) if p.exists())
+        if not folder.is_dir():
+            raise BadInput(f"output '{out}': '{folder}' is a file, not a folder", "choose another -o") from exc
+        raise BadInput(f"cannot write the output in '{folder}' ({exc.strerror})",
+                       "choose another -o, or make that folder writable") from exc
 
 
 def commit(staging: Path, out: Path, force: bool) -> None:
-    """Rename the finished export into place; an existing OUT is replaced only with --force."""
-    if out.exists():
-        if not force:
-            raise BadInput(f"output '{out}' exists", "pass --force to replace it, or choose another -o")
-        old = out.parent / f".{out.name}.merge-old"
-        out.rename(old)
-        staging.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
+    """Give the export the modes the umask asks for and rename it into place. A replaced OUT is
+    first renamed to a staging name, so a kill between the renames leaves nothing the next
+    merge does not remove."""
+    check_output(out, force)  # OUT may have appeared while the merge ran
+    if not out.exists():
+        publish(staging, out)
+        return
+    honour_umask(staging)
+    old = staging.with_name(staging.name + "-old")
+    os.replace(out, old)
+    try:
+        os.replace(staging, out)
+    except BaseException:
+        os.replace(old, out)  # the previous export goes back rather than into a hidden name
+        raise
+    _remove(old)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
     else:
-        staging.rename(out)
+        path.unlink(missing_ok=True)
 
 
 def merge(source: Path, out: Path, *, base: str | None = None, plan: MergePlan = MergePlan(),
@@ -313,47 +265,87 @@ def merge(source: Path, out: Path, *, base: str | None = None, plan: MergePlan =
     """Stream the base shards through the adapter into OUT (built beside it, renamed at the end)."""
     from .freeze import classified_tree, _component_map, _owner
 
-    if out.exists() and not force:
-        raise BadInput(f"output '{out}' exists", "pass --force to replace it, or choose another -o")
+    check_output(out, force)
     trained = load_trained(source, base)
-    files = base_files(trained.base)
-    from .sources import read_header
-
-    located = [(path, k, tuple(v["shape"]), v["dtype"]) for path in files
-               for k, v in read_header(path).items() if k != "__metadata__"]
+    _require_changes(source, trained)
+    located = _base_layout(base_files(trained.base))
     layout = [(k, shape, dtype) for _, k, shape, dtype in located]
     keys, meta, model = key_map(trained.base, [k for k, _, _ in layout])
     check_fit(trained, meta)
     plan.compute_dtype = {"bf16": "bfloat16", "fp32": "float32"}.get(
-        str(trained.record.get("training", {}).get("compute_dtype", "fp32")), "float32")
+        str(record_field(trained.record, "training", "compute_dtype") or "fp32"), "float32")
     component_of = _component_map(classified_tree(model, model.config.model_type))
+    counts = _selected(trained, plan.only, lambda n: _owner(n, component_of))
     changed = set(trained.full) | {f"{m}.weight" for m in trained.lora}
     missing = sorted(changed - set(keys.values()))
     if missing:
         raise BadInput(f"trained tensor {missing[0]} is not stored in the base checkpoint",
                        "merging into converted (fused) tensors is not supported")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    clean_stale(out)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.merge-", dir=out.parent))
+    staging = stage(out, (source, trained.base))
     try:
         tensors = merged_tensors(trained, [(p, k) for p, k, _, _ in located], plan, keys,
                                  lambda n: _owner(n, component_of))
         weight_map = write_shards(tensors, shard_plan(layout, plan.dtype, plan.max_shard_bytes), staging)
         copy_side_files(trained, staging, plan.dtype)
-        summary = _provenance(trained, plan, staging, weight_map)
+        summary = _provenance(trained, plan, staging, weight_map, counts)
         commit(staging, out, force)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        _remove(staging)
         raise
     return summary
 
 
-def _provenance(trained: Trained, plan: MergePlan, out: Path, weight_map: dict[str, str]) -> dict[str, Any]:
+def _require_changes(source: Path, trained: Trained) -> None:
+    """Nothing to merge would export the plain base under a trained model's name."""
+    if not trained.lora and not trained.full:
+        raise BadInput(f"'{source}' holds no LoRA modules and no trained tensors: nothing to merge",
+                       "point at a run or adapter that trained something")
+    missing = missing_artifacts(trained.run_dir, trained.record, ("processor",)) if trained.run_dir else []
+    if missing:  # the base's processor files may not be the ones the run trained with
+        raise BadInput(f"run '{source}' lacks {', '.join(map(repr, missing))}, which its vlmsurgeon.json "
+                       "records", "restore it from where the run was trained")
+
+
+def _base_layout(files: list[Path]) -> list[tuple[Path, str, tuple[int, ...], str]]:
+    """(file, on-disk name, shape, dtype) of every base tensor, each in a dtype merge writes and
+    spanning the bytes its shape needs (the streaming reader takes the header's word for it)."""
+    located = []
+    for path in files:
+        for key, entry in read_header(path).items():
+            if key == "__metadata__":
+                continue
+            shape, dtype, (begin, end) = tuple(entry["shape"]), entry["dtype"], entry["data_offsets"]
+            if dtype not in _ITEMSIZE:
+                raise BadInput(f"{path}: tensor {key} is stored as {dtype}, which merge does not handle",
+                               "merge into a checkpoint saved in bf16, fp16 or fp32")
+            if end - begin != _ITEMSIZE[dtype] * _numel(shape):
+                raise BadInput(f"{path}: corrupt safetensors header ({key} spans {end - begin} bytes, its "
+                               f"shape {list(shape)} in {dtype} needs {_ITEMSIZE[dtype] * _numel(shape)})",
+                               "re-download or re-save the file")
+            located.append((path, key, shape, dtype))
+    return located
+
+
+def _selected(trained: Trained, only: list[str] | None, owner: Callable[[str], str]) -> tuple[int, int]:
+    """(LoRA modules, trained tensors) that --only keeps; keeping none is an error, not a copy
+    of the base."""
+    lora = [m for m in trained.lora if only is None or owner(f"{m}.weight") in only]
+    full = [n for n in trained.full if only is None or owner(n) in only]
+    if lora or full:
+        return len(lora), len(full)
+    changed = sorted({owner(n) for n in [*trained.full, *(f"{m}.weight" for m in trained.lora)]})
+    raise BadInput(f"--only {','.join(only or [])}: nothing was trained there (the run changed "
+                   f"{', '.join(changed)})", f"--only {','.join(changed)}")
+
+
+def _provenance(trained: Trained, plan: MergePlan, out: Path, weight_map: dict[str, str],
+                counts: tuple[int, int]) -> dict[str, Any]:
+    lora, full = counts
     record = {
         "vlmsurgeon_merge": {"source": str(trained.run_dir or trained.adapter_dir), "base": str(trained.base),
                              "target": plan.target if trained.quantized_components else "original",
                              "dtype": plan.dtype, "only": plan.only,
-                             "lora_modules_merged": len(trained.lora), "full_tensors": len(trained.full),
+                             "lora_modules_merged": lora, "full_tensors": full,
                              "shards": len(set(weight_map.values()))},
         "run": trained.record or None, "versions": versions(),
     }
@@ -361,7 +353,7 @@ def _provenance(trained: Trained, plan: MergePlan, out: Path, weight_map: dict[s
     preset = (trained.record.get("preset") or {}).get("name", "adapter")
     (out / "README.md").write_text(
         f"# Merged with vlmsurgeon\n\nBase: `{trained.base}`  \nTraining: preset `{preset}`, "
-        f"{len(trained.lora)} LoRA modules and {len(trained.full)} fully trained tensors merged into "
+        f"{lora} LoRA modules and {full} fully trained tensors merged into "
         f"the {record['vlmsurgeon_merge']['target']} weights, exported as {plan.dtype}.\n\n"
         "Load with `AutoModelForImageTextToText.from_pretrained` and `AutoProcessor.from_pretrained`.\n"
         "Provenance: `vlmsurgeon.json`.\n")
@@ -372,19 +364,18 @@ def export_adapter(source: Path, out: Path, only: list[str], *, base: str | None
                    force: bool = False) -> dict[str, Any]:
     """A subset of the adapter (e.g. LM-only LoRA for serving engines that take LoRA on the
     language model only), written atomically beside OUT."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
 
     from .freeze import _component_map, _owner, classified_tree
     from .inspection import meta_model
 
-    if out.exists() and not force:
-        raise BadInput(f"output '{out}' exists", "pass --force to replace it, or choose another -o")
+    check_output(out, force)
     trained = load_trained(source, base)
     if not trained.adapter_dir:
         raise BadInput(f"'{source}' has no peft adapter to export", "merge it instead (without --adapter-only)")
     _, model = meta_model(str(trained.base))
     component_of = _component_map(classified_tree(model, model.config.model_type))
-    tensors = load_file(str(trained.adapter_dir / "adapter_model.safetensors"))
+    tensors = load_tensors(trained.adapter_dir / "adapter_model.safetensors")
     keep = {k: v for k, v in tensors.items()
             if _owner(k.removeprefix("base_model.model.").split(".lora_")[0], component_of) in only}
     modules = sorted({k.removeprefix("base_model.model.").split(".lora_")[0] for k in keep if ".lora_" in k})
@@ -392,8 +383,9 @@ def export_adapter(source: Path, out: Path, only: list[str], *, base: str | None
     config["target_modules"] = modules
     config["modules_to_save"] = [m for m in (config.get("modules_to_save") or [])
                                  if _owner(m, component_of) in only] or None
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.merge-", dir=out.parent))
+    if not keep:
+        raise BadInput(f"--only {','.join(only)}: the adapter holds nothing there", "choose other components")
+    staging = stage(out, (source, trained.base))
     try:
         save_file(keep, str(staging / "adapter_model.safetensors"), metadata={"format": "pt"})
         (staging / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
@@ -402,6 +394,6 @@ def export_adapter(source: Path, out: Path, only: list[str], *, base: str | None
                                                              "versions": versions()}, indent=2) + "\n")
         commit(staging, out, force)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        _remove(staging)
         raise
     return summary

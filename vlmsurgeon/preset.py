@@ -112,13 +112,52 @@ def parse_preset(data: Any, origin: str) -> Preset:
         raise BadInput(_format_errors(origin, exc), "see `vlmsurgeon presets lm-lora` for the format") from exc
 
 
+class DuplicateKey(yaml.constructor.ConstructorError):
+    """A mapping names the same key twice (PyYAML would silently keep the last)."""
+
+    def __init__(self, key: Any, first: Any, again: Any) -> None:
+        super().__init__(None, None, f"duplicate key '{key}' (first at line {first.line + 1})", again)
+        self.key, self.first_line, self.line = key, first.line + 1, again.line + 1
+
+
+class StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, Any] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor` may repeat
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.setdefault(key, key_node.start_mark)
+            except TypeError:  # an unhashable key: SafeLoader reports it itself
+                continue
+            if first is not key_node.start_mark:
+                raise DuplicateKey(key, first, key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml_text(text: str) -> Any:
+    return yaml.load(text, Loader=StrictLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def read_yaml(path: Path) -> Any:
+    """A YAML file (UTF-8, no key given twice), or BadInput naming the file and line."""
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
+        return load_yaml_text(path.read_text(encoding="utf-8"))
+    except DuplicateKey as exc:
+        raise BadInput(f"{path}: line {exc.line}: duplicate key '{exc.key}' (first at line {exc.first_line}; "
+                       "YAML would keep only the last)", "keep one of them") from exc
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
-        raise BadInput(f"{path}: invalid YAML{where}", "fix the file's syntax") from exc
+        problem = getattr(exc, "problem", None)
+        raise BadInput(f"{path}: invalid YAML{where}" + (f" ({problem})" if problem else ""),
+                       "fix the file's syntax") from exc
+    except UnicodeDecodeError as exc:
+        raise BadInput(f"{path}: not a UTF-8 text file (byte 0x{exc.object[exc.start]:02x} at offset "
+                       f"{exc.start})", "save it as UTF-8 YAML") from exc
     except OSError as exc:
         raise BadInput(f"{path}: cannot read ({exc.strerror})", "check the path") from exc
 
@@ -136,7 +175,7 @@ def load_preset(name_or_path: str) -> Preset:
     """A built-in name (`lm-lora`) or a path to the user's own YAML file."""
     path = Path(name_or_path)
     if name_or_path in builtin_names():
-        return parse_preset(yaml.safe_load(builtin_text(name_or_path)), f"preset '{name_or_path}'")
+        return parse_preset(load_yaml_text(builtin_text(name_or_path)), f"preset '{name_or_path}'")
     if path.is_file():
         return parse_preset(read_yaml(path), str(path))
     raise BadInput(f"preset '{name_or_path}': neither a built-in nor a file",

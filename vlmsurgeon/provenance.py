@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .fsutil import honour_umask
 
 ADAPTER_DIR = "adapter"
 PROCESSOR_DIR = "processor"
@@ -58,7 +59,8 @@ def write_run_outputs(run_dir: Path, applied: Any, processor: Any, *, opts: Any,
                       data_report: Any,
                       quantized: bool, global_step: int, final_loss: float | None,
                       train_loss: float | None, world_size: int = 1, compute_dtype: str = "fp32",
-                      gradients: dict[str, Any] | None = None) -> None:
+                      gradients: dict[str, Any] | None = None,
+                      resumed: list[dict[str, Any]] | None = None) -> None:
     from safetensors.torch import save_file
 
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -91,8 +93,10 @@ def write_run_outputs(run_dir: Path, applied: Any, processor: Any, *, opts: Any,
                          "world_size": world_size, "compute_dtype": compute_dtype,
                          **opts.model_dump(exclude={"model", "output", "data"})},
             "gradients_first_step": gradients,
+            "resumed": resumed or [],
             "artifacts": artifacts,
             "versions": versions(),
         }
         (staging / "vlmsurgeon.json").write_text(json.dumps(record, indent=2) + "\n")
+        honour_umask(staging)  # tempfile made it 0700, and some writers 0600: give the user's modes
         replace_into(staging, run_dir)

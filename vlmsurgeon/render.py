@@ -238,11 +238,19 @@ def budget_table(result: Any) -> Table:
     table = Table(title="parameter budget", title_justify="left")
     for col in ("model", "limit", "figure", "verdict"):
         table.add_column(col, justify="right" if col == "figure" else "left")
+    error = "[bold magenta]ERROR[/bold magenta]"  # not checked: the reason is on stderr
     for r in result.results:
         unit = "B" if r.limit.key == "memory" else ""
+        if r.figure is None:
+            table.add_row(escape(r.model), escape(r.describe()), "—", error)
+            continue
         figure = human(r.figure, unit) if unit else f"{r.figure:,} ({human(r.figure)})"
         verdict = "[green]ok[/green]" if r.ok else "[bold red]FAIL[/bold red]"
         table.add_row(escape(r.model), escape(r.describe()), figure, verdict)
+    with_rows = {r.entry for r in result.results}
+    for e in result.errors:
+        if e.entry not in with_rows:  # an entry without limits that failed to load
+            table.add_row(escape(e.model), "load model", "—", error)
     return table
 
 

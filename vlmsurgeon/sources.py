@@ -11,13 +11,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import BadInput
+from .errors import BadInput, how_to_set
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 _MAX_HEADER = 100 * 1024 * 1024
+# A model's JSON files (config, shard index) are kilobytes to a few megabytes.
+_MAX_JSON = 64 * 1024 * 1024
 HUB_HINT = ("pass a local model directory or its config.json; or download it where the hub is "
             "reachable and set HF_HUB_OFFLINE=1 to use the local cache")
+# The deepest released models stack a few hundred layers; building 10**5 of them, even on the meta
+# device, takes minutes, so a config beyond this is refused before anything is built.
+MAX_LAYERS = 2048
+_LAYER_KEY = re.compile(r"^(num_\w*layers|n_layers?|\w+_layers|\w*depth)$")
 
 
 @dataclass
@@ -48,24 +54,51 @@ class ModelSource:
 
 
 def resolve(text: str, revision: str | None = None) -> Reference:
+    """A local directory or file when it exists; else a hub id when it has the shape of one
+    (`org/name`: one slash, no leading `.`, `/` or `~`, not a file name), looked up in the cache
+    and the hub; anything else is a missing path."""
     path = Path(text).expanduser()
     if path.is_dir():
         return Reference(text, "dir", path, revision)
     if path.is_file():
         return Reference(text, "safetensors" if path.suffix == ".safetensors" else "config",
                          path, revision)
-    if _HUB_ID.match(text) and not text.startswith((".", "/", "~")):
+    if looks_like_hub_id(text):
         return Reference(text, "hub", None, revision)
-    raise BadInput(f"model '{text}': no such file or directory",
+    raise BadInput(f"model '{text}': {missing_path(path)}",
                    "pass a local model directory, a config.json, or a hub id like org/name")
+
+
+def looks_like_hub_id(text: str) -> bool:
+    return (bool(_HUB_ID.match(text)) and not text.startswith((".", "/", "~"))
+            and not text.endswith((".json", ".safetensors")))
+
+
+def missing_path(path: Path) -> str:
+    """"no such file or directory", naming the deepest part that does exist (not `/` or `.`)."""
+    for parent in path.parents:
+        if parent in (Path("."), Path(parent.anchor)) or not parent.exists():
+            continue
+        if not parent.is_dir():
+            return f"no such file or directory ('{parent}' is a file)"
+        return f"no such file or directory ('{parent}' exists, '{path.relative_to(parent)}' in it does not)"
+    return "no such file or directory"
 
 
 def read_json(path: Path) -> dict[str, Any]:
     try:
+        if path.stat().st_size > _MAX_JSON:
+            raise BadInput(f"{path}: {path.stat().st_size / 2**20:,.0f} MiB, far larger than a model's JSON "
+                           "file", "point at the model's config.json")
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise BadInput(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno} ({exc.msg})",
                        "fix or re-download the file") from exc
+    except UnicodeDecodeError as exc:
+        raise BadInput(f"{path}: not a JSON text file (byte 0x{exc.object[exc.start]:02x} at offset "
+                       f"{exc.start} is not UTF-8)", "point at a model's config.json, or re-download it") from exc
+    except RecursionError as exc:
+        raise BadInput(f"{path}: JSON nested too deeply to be a model's file", "fix or re-download the file") from exc
     except OSError as exc:
         raise BadInput(f"{path}: cannot read ({exc.strerror})", "check the path and permissions") from exc
     if not isinstance(data, dict):
@@ -106,31 +139,52 @@ def load_source(ref: Reference) -> ModelSource:
 
 
 def read_header(path: Path) -> dict[str, Any]:
-    """Parse one safetensors header: 8-byte length, then JSON. Tensor data is never read."""
+    """Parse one safetensors header (8-byte length, then JSON) and check each entry: a dtype
+    safetensors knows, a shape, data offsets inside the file. Tensor data is never read."""
+    # bits per element of every dtype safetensors writes: any other name means a damaged file
+    bits = {**dict.fromkeys(("BOOL", "U8", "I8", "F8_E5M2", "F8_E4M3", "F8_E4M3FNUZ", "F8_E5M2FNUZ",
+                             "F8_E8M0"), 8), **dict.fromkeys(("I16", "U16", "F16", "BF16"), 16),
+            **dict.fromkeys(("I32", "U32", "F32"), 32), **dict.fromkeys(("I64", "U64", "F64", "C64"), 64),
+            "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6}
+    hint = "re-download or re-save the file"
     try:
         size = path.stat().st_size
         with path.open("rb") as fh:
             head = fh.read(8)
             if len(head) < 8:
-                raise BadInput(f"{path}: truncated safetensors header ({len(head)} of 8 length bytes)",
-                               "re-download or re-save the file")
+                raise BadInput(f"{path}: truncated safetensors header ({len(head)} of 8 length bytes)", hint)
             (length,) = struct.unpack("<Q", head)
-            if length > min(_MAX_HEADER, size - 8):
+            if length > _MAX_HEADER:  # random bytes, or not a safetensors file at all
+                raise BadInput(f"{path}: corrupt safetensors header (declares {length} header bytes)", hint)
+            if length > size - 8:
                 raise BadInput(f"{path}: truncated safetensors header (declares {length} bytes, "
-                               f"file has {size - 8})", "re-download or re-save the file")
+                               f"file has {size - 8})", hint)
             raw = fh.read(length)
     except OSError as exc:
         raise BadInput(f"{path}: cannot read ({exc.strerror})", "check the path") from exc
     try:
         header = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BadInput(f"{path}: corrupt safetensors header (not JSON)",
-                       "re-download or re-save the file") from exc
-    data_size = size - 8 - length
-    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
-    if ends and max(ends) > data_size:
+        raise BadInput(f"{path}: corrupt safetensors header (not JSON)", hint) from exc
+    if not isinstance(header, dict):
+        raise BadInput(f"{path}: corrupt safetensors header (not a JSON object)", hint)
+    data_size, ends = size - 8 - length, [0]
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        shape = entry.get("shape") if isinstance(entry, dict) else None
+        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+        if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)
+                and isinstance(offsets, list) and len(offsets) == 2
+                and all(isinstance(o, int) for o in offsets) and 0 <= offsets[0] <= offsets[1]):
+            raise BadInput(f"{path}: corrupt safetensors header (entry '{name}' has no valid shape "
+                           "and data_offsets)", hint)
+        if entry.get("dtype") not in bits:
+            raise BadInput(f"{path}: tensor '{name}' has unknown dtype {entry.get('dtype')!r}", hint)
+        ends.append(offsets[1])
+    if max(ends) > data_size:
         raise BadInput(f"{path}: truncated safetensors file (header needs {max(ends)} data bytes, "
-                       f"file has {data_size})", "re-download or re-save the file")
+                       f"file has {data_size})", hint)
     return header
 
 
@@ -175,22 +229,50 @@ def _hub_call(ref: Reference, fn: Any, *args: Any, **kwargs: Any) -> Any:
     from huggingface_hub import constants
 
     if not constants.HF_HUB_OFFLINE and not _hub_reachable():
-        raise BadInput(f"model '{ref.text}': cannot reach the Hugging Face hub (offline)", HUB_HINT)
+        raise BadInput(f"model '{ref.text}': cannot reach the Hugging Face hub (offline)", hub_hint(ref.text))
     try:
         return fn(*args, **kwargs)
     except Exception as exc:  # huggingface_hub raises many types for "unreachable"/"missing"
         name = type(exc).__name__
         if name == "LocalEntryNotFoundError" or "Offline" in name:
-            raise BadInput(f"model '{ref.text}': not in the local cache and the hub is not "
-                           "reachable", HUB_HINT) from exc
+            raise BadInput(f"model '{ref.text}': {_not_local(ref.text)}not in the local cache and the hub "
+                           "is not reachable", hub_hint(ref.text)) from exc
         if name == "NotASafetensorsRepoError":
             raise BadInput(f"model '{ref.text}': the repo has no safetensors weights",
-                           "pass --trust-remote-code, or a local directory with *.safetensors") from exc
+                           remote_code_hint("pass a local directory with *.safetensors")) from exc
         if "NotFound" in name or "Gated" in name or "Revision" in name:
-            raise BadInput(f"model '{ref.text}': not found on the hub ({name})",
+            raise BadInput(f"model '{ref.text}': {_not_local(ref.text)}not found on the hub ({name})",
                            "check the id and revision, or pass a local directory") from exc
         raise BadInput(f"model '{ref.text}': cannot reach the Hugging Face hub ({name})",
-                       HUB_HINT) from exc
+                       hub_hint(ref.text)) from exc
+
+
+def hub_hint(repo_id: str) -> str:
+    """What to do about a model that is neither local nor reachable; with HF_HUB_OFFLINE already
+    set, only the download is left to suggest."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return (f"pass a local model directory or its config.json; or download it where the hub is "
+                f"reachable (hf download {repo_id}) into this cache")
+    return HUB_HINT
+
+
+def _not_local(text: str) -> str:
+    """A hub id is also a relative path: say that no such directory exists either, naming the
+    part that does (a folder named like the org) when one does."""
+    detail = missing_path(Path(text).expanduser()).removeprefix("no such file or directory")
+    return f"no such local directory{detail}; as a hub id, "
+
+
+def remote_code_hint(alternative: str | None = None) -> str:
+    """"pass --trust-remote-code if you trust the repo's code" as the running command says it (a key
+    of its file, for `budget check`); a command without that setting gets the alternative only."""
+    how = how_to_set("trust_remote_code", "--trust-remote-code")
+    if how is None:
+        return alternative or ("this command runs no code from model repos: use a model that "
+                               "transformers builds natively")
+    return f"{how} if you trust the repo's code" + (f", or {alternative}" if alternative else "")
 
 
 def _hub_source(ref: Reference) -> ModelSource:
@@ -210,8 +292,8 @@ def _hub_source(ref: Reference) -> ModelSource:
     if config_path is None:
         revision = f" at revision {ref.revision}" if ref.revision else ""
         why = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else "the hub is not reachable"
-        raise BadInput(f"model '{ref.text}'{revision}: not in the local cache "
-                       f"({constants.HF_HUB_CACHE}) and {why}", HUB_HINT)
+        raise BadInput(f"model '{ref.text}'{revision}: {_not_local(ref.text)}not in the local cache "
+                       f"({constants.HF_HUB_CACHE}) and {why}", hub_hint(ref.text))
     weights = cached_weights(ref.text, config_path.parent.name)
     return ModelSource(ref, read_json(config_path), weights, config_path, offline=offline)
 
@@ -254,9 +336,25 @@ def _hub_headers(source: ModelSource) -> Any:
     if source.offline:
         raise BadInput(f"model '{ref.text}': config.json is in the local cache but its safetensors "
                        "weights are not (all shards), and the hub is not reachable",
-                       f"download them where the hub is reachable (hf download {ref.text}), or "
-                       "pass --trust-remote-code")
+                       remote_code_hint(f"download them where the hub is reachable (hf download {ref.text})"))
     return _hub_call(ref, get_safetensors_metadata, ref.text, revision=ref.revision)
+
+
+def check_scale(config: dict[str, Any], origin: str) -> None:
+    """Refuse, before building, a config that stacks more layers than any real model."""
+    stack: list[tuple[str, Any]] = [("", config)]
+    while stack:
+        prefix, node = stack.pop()
+        items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+        for key, value in items:
+            where = f"{prefix}.{key}" if prefix else str(key)
+            if isinstance(value, (dict, list)):
+                stack.append((where, value))
+            elif (isinstance(value, int) and not isinstance(value, bool) and value > MAX_LAYERS
+                  and _LAYER_KEY.match(str(key))):
+                raise BadInput(f"{origin}: {where} = {value:,}, more layers than any real model (limit "
+                               f"{MAX_LAYERS:,}); building it would take minutes or hours",
+                               "fix the config's layer count")
 
 
 def is_native(model_type: str) -> bool:
@@ -269,16 +367,18 @@ def config_object(source: ModelSource, trust_remote_code: bool = False) -> Any:
     """A transformers config object for the source."""
     from transformers import AutoConfig
 
+    check_scale(source.config, str(source.config_path or source.ref.text))
     model_type = source.model_type
     if is_native(model_type):
         try:
             return AutoConfig.from_pretrained(str(source.config_path))
         except Exception as exc:
-            raise BadInput(f"model '{source.ref.text}': invalid {model_type} config ({exc})",
+            why = " ".join(str(exc).split())[:300]
+            raise BadInput(f"model '{source.ref.text}': invalid {model_type} config ({why})",
                            "fix config.json") from exc
     if not trust_remote_code:
         raise BadInput(f"model '{source.ref.text}': model_type '{model_type}' needs code from "
-                       "the model repo", "pass --trust-remote-code if you trust it")
+                       "the model repo", remote_code_hint())
     location = source.ref.text
     if source.ref.kind != "hub":
         location = str(_config_dir(source.ref))

@@ -3,15 +3,24 @@ transformers' own config classes, a byte-level tokenizer and the family's image 
 
 from __future__ import annotations
 
+import glob
 import inspect
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from . import fsutil
 from .errors import BadInput
 from .tiny_families import FAMILIES, Family
+
+# Staging folder beside OUT: `.OUT.tiny-<pid>-<random>`; the pid tells a killed run's leftovers
+# from a build still running. Earlier versions staged in `.OUT.<8 random>` (mkdtemp's default).
+_STAGING = ".{name}.tiny-"
+_LEGACY = re.compile(r"^[a-z0-9_]{8}$")
+_SAVED = re.compile(r"^[\w.-]+\.(json|safetensors|jinja|txt|model)$")  # what save_pretrained writes
 
 _TEMPLATE = """{%- macro render(content) -%}
 {%- if content is string -%}{{- content -}}
@@ -133,15 +142,14 @@ def build_tiny(model_type: str, out: Path | str, *, seed: int = 0) -> Path:
         raise BadInput(f"tiny: unknown family '{model_type}'",
                        "one of " + ", ".join(sorted(FAMILIES)))
     out = Path(out)
-    if out.exists():
+    if out.exists() or out.is_symlink():
         raise BadInput(f"tiny: output '{out}' already exists", "choose a new directory")
-    import torch
-    from transformers import AutoModelForImageTextToText
-
     family = FAMILIES[model_type]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp = _staging(out)  # before the slow imports: an unwritable -o is said at once
     try:
+        import torch
+        from transformers import AutoModelForImageTextToText
+
         tokenizer = build_tokenizer(family)
         processor = build_processor(family, tokenizer)
         config = build_config(family, tokenizer)
@@ -151,8 +159,55 @@ def build_tiny(model_type: str, out: Path | str, *, seed: int = 0) -> Path:
         model.generation_config.pad_token_id = config.pad_token_id
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
-        os.replace(tmp, out)
+        try:
+            fsutil.publish(tmp, out)  # modes as under the umask, then one rename
+        except OSError as exc:
+            if out.exists():  # another `tiny` for the same OUT finished first
+                raise BadInput(f"tiny: output '{out}' appeared while building", "choose a new directory") from exc
+            raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _staging(out: Path) -> Path:
+    """A fresh staging folder beside `out`, after removing what killed runs left there."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        clean_leftovers(out)
+        return Path(tempfile.mkdtemp(prefix=_STAGING.format(name=out.name) + f"{os.getpid()}-", dir=out.parent))
+    except OSError as exc:
+        blocking = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
+        why = f"'{blocking}' is a file" if blocking else exc.strerror or str(exc)
+        raise BadInput(f"tiny: cannot write '{out}' ({why})", "choose a -o in a writable directory") from exc
+
+
+def clean_leftovers(out: Path) -> list[Path]:
+    """Remove the staging folders of killed `tiny` runs for `out`: those whose process is gone,
+    and old-style `.OUT.<8 random>` folders holding only what save_pretrained writes."""
+    prefix = _STAGING.format(name=out.name)
+    dead = []
+    for item in out.parent.glob(glob.escape(f".{out.name}.") + "*"):
+        tail = item.name[len(out.name) + 2:]
+        if item.name.startswith(prefix):
+            pid = item.name[len(prefix):].partition("-")[0]
+            if not (pid.isdigit() and _running(int(pid))):
+                dead.append(item.name)
+        elif _LEGACY.match(tail) and item.is_dir() and not item.is_symlink() and all(
+                f.is_file() and _SAVED.match(f.name) for f in item.iterdir()):
+            dead.append(item.name)
+    return fsutil.clean_leftovers(out, tuple(glob.escape(n).replace("{", "{{").replace("}", "}}")
+                                             for n in dead))
+
+
+def _running(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True

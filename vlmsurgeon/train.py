@@ -1,13 +1,13 @@
 """`finetune`: QLoRA with transformers' Trainer. The LM (or what the preset quantizes) loads in
 bitsandbytes 4-bit NF4, peft LoRA and full components train, checkpoints are marked complete
-only when on disk, `--resume` continues from the newest complete one, Ctrl-C saves first."""
+only when on disk, `--resume` continues from the newest complete one (its inputs checked against
+RUN/run.json), Ctrl-C saves first; the run directory is locked while a run trains in it."""
 
 from __future__ import annotations
 
 import json
 import os
 import re
-import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,11 +16,8 @@ from typing import Any
 from .data import Dataset, load_dataset_rows
 from .errors import BadInput, VlmSurgeonError
 from .runconfig import RunOptions
+from .runlock import CHECKPOINTS, LOCK, REPORT, claimed, disk_errors, latest_checkpoint
 from .support import training_blocker
-from .trainer_parts import COMPLETE, DeadGradients, GradCheck, JsonlLog, MarkComplete, Progress, StopOnSignal, make_trainer
-
-CHECKPOINTS = "checkpoints"
-REPORT = "bad_rows.txt"
 
 
 class Interrupted(VlmSurgeonError):
@@ -69,7 +66,12 @@ def load_processor(reference: str, opts: RunOptions) -> tuple[Any, dict[str, Any
 
     from .datacheck import apply_overrides, processor_overrides
 
-    processor = AutoProcessor.from_pretrained(reference)
+    try:
+        processor = AutoProcessor.from_pretrained(reference)
+    except (OSError, ValueError, TypeError) as exc:  # no processor files, or an unknown processor class
+        first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise BadInput(f"model '{reference}': cannot load its processor ({first})",
+                       "point at a model directory that holds its processor and tokenizer files") from exc
     video = getattr(processor, "video_processor", None)
     if video is not None and getattr(video, "cap_pixels_per_frame", False) is None:
         video.cap_pixels_per_frame = True  # the reference (qwen-vl-utils) budget, future default
@@ -82,13 +84,6 @@ def make_collator(processor: Any, opts: RunOptions) -> Any:
     return Collator(processor, opts.seq_len, video_frames=opts.video_frames, video_fps=opts.video_fps)
 
 
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The newest checkpoint that was marked complete; incomplete ones are ignored."""
-    folder = run_dir / CHECKPOINTS
-    done = [p for p in folder.glob("checkpoint-*") if (p / COMPLETE).is_file()] if folder.is_dir() else []
-    return max(done, key=lambda p: int(p.name.split("-")[-1]), default=None)
-
-
 def _check_run_dir(run_dir: Path, resume: bool) -> Path | None:
     if resume:
         checkpoint = latest_checkpoint(run_dir)
@@ -96,12 +91,15 @@ def _check_run_dir(run_dir: Path, resume: bool) -> Path | None:
             raise BadInput(f"--resume: no complete checkpoint in {run_dir / CHECKPOINTS}",
                            "start without --resume, or point -o at the run to continue")
         return checkpoint
-    main_process = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 checks for all
-    leftovers = [p.name for p in run_dir.iterdir() if p.name != REPORT] if run_dir.is_dir() else []
-    if leftovers and main_process:
+    leftovers = [p.name for p in run_dir.iterdir() if p.name not in (REPORT, LOCK)] if run_dir.is_dir() else []
+    if leftovers and _main_process():  # under torchrun, rank 0 checks for all
         raise BadInput(f"run directory '{run_dir}' is not empty",
                        "pass --resume to continue it, or choose another -o")
     return None
+
+
+def _main_process() -> bool:
+    return os.environ.get("RANK", "0") == "0"
 
 
 def _dtype(opts: RunOptions) -> Any:
@@ -110,6 +108,10 @@ def _dtype(opts: RunOptions) -> Any:
     if opts.dtype == "bf16" or (opts.dtype == "auto" and torch.cuda.is_available()):
         return torch.bfloat16
     return torch.float32
+
+
+def _dtype_name(opts: RunOptions) -> str:
+    return "bf16" if str(_dtype(opts)) == "torch.bfloat16" else "fp32"
 
 
 def load_for_training(reference: str, opts: RunOptions, preset: Any, tree: Any, model_type: str) -> Any:
@@ -135,19 +137,45 @@ def load_for_training(reference: str, opts: RunOptions, preset: Any, tree: Any, 
                        "point at a local directory with the model's safetensors") from exc
 
 
-def finetune(opts: RunOptions, *, resume: bool = False, trust_remote_code: bool = False) -> FinetuneResult:
-    from transformers import set_seed
+@dataclass
+class _Run:
+    """What the checks before loading settled: the run as it will train."""
 
-    from .freeze import apply_preset, classified_tree, present_components
-    from .inspection import meta_model
-    from .plan import resolve_preset
-    from .provenance import write_run_outputs
+    opts: RunOptions
+    reference: str
+    run_dir: Path
+    source: Any
+    tree: Any
+    preset: Any
+    data: Dataset
+    report: Any
+    rows: list[Any]
+    eval_rows: list[Any] | None
+    processor: Any
+    collator: Any
+    checkpoint: Path | None
+    resumed: list[dict[str, Any]]
+
+
+def finetune(opts: RunOptions, *, resume: bool = False, resume_changed: str | None = None,
+             trust_remote_code: bool = False) -> FinetuneResult:
+    """Check everything, then load and train. The run directory is locked meanwhile, and a run
+    that fails before its first checkpoint leaves nothing behind that blocks the retry."""
+    from .resume import allowed_changes
 
     reference = opts.require_model()
     run_dir = Path(opts.require("output", "-o RUN_DIR"))
-    data = _rows(opts.require("data", "--data DATA"), opts, "data")
-    eval_data = _rows(opts.eval_data, opts, "eval data") if opts.eval_data else None
-    checkpoint = _check_run_dir(run_dir, resume)
+    allowed = allowed_changes(resume_changed, resume)
+    with claimed(run_dir, main=_main_process()):
+        return _train(_prepare(opts, reference, run_dir, resume, allowed, trust_remote_code))
+
+
+def _model_plan(reference: str, opts: RunOptions, trust_remote_code: bool) -> tuple[Any, Any, Any, RunOptions]:
+    """Source, component tree and resolved preset, from the config alone (no weights)."""
+    from .freeze import classified_tree, present_components
+    from .inspection import meta_model
+    from .plan import resolve_preset
+
     source, meta = meta_model(reference, trust_remote_code=trust_remote_code)
     blocker = training_blocker(meta.config, opts)
     if blocker:
@@ -155,21 +183,50 @@ def finetune(opts: RunOptions, *, resume: bool = False, trust_remote_code: bool 
     tree = classified_tree(meta, source.model_type)
     present = present_components(tree)
     preset = resolve_preset(opts.preset, opts.freeze, present)
-    del meta
+    if not any(preset.spec(c).mode.value != "frozen" for c in present):
+        raise BadInput(f"preset '{preset.name}' freezes every component of '{reference}' "
+                       f"({', '.join(present)}): nothing would train",
+                       "leave at least one component to train, e.g. --freeze vision")
     if opts.quantize == "4bit" and preset.quantize and not any(
             preset.spec(c).mode.value == "lora" for c in present):
         # transformers' Trainer refuses a 4-bit model with no adapter attached
         print(f"vlmsurgeon: warning: preset '{preset.name}' trains no LoRA adapter, and a 4-bit model "
               "trains only through adapters: loading without 4-bit (--quantize none)", file=sys.stderr)
         opts = opts.model_copy(update={"quantize": "none"})
+    return source, tree, preset, opts
+
+
+def _prepare(opts: RunOptions, reference: str, run_dir: Path, resume: bool, allowed: set[str],
+             trust_remote_code: bool) -> _Run:
+    """Everything that can be refused before a weight loads: data, preset, resume inputs and
+    checkpoint files, every row through the processor; then RUN/run.json."""
+    from .resume import check_checkpoint, check_resume, run_inputs, write_inputs
+
+    data = _rows(opts.require("data", "--data DATA"), opts, "data")
+    eval_data = _rows(opts.eval_data, opts, "eval data") if opts.eval_data else None
+    checkpoint = _check_run_dir(run_dir, resume)
+    source, tree, preset, opts = _model_plan(reference, opts, trust_remote_code)
+    inputs = run_inputs(opts, source, preset, data, _dtype_name(opts))
+    resumed: list[dict[str, Any]] = []
+    if checkpoint is not None:
+        resumed = check_resume(run_dir, inputs, allowed, int(checkpoint.name.split("-")[-1]))
+        check_checkpoint(checkpoint)
     processor, pixels = load_processor(reference, opts)
     collator = make_collator(processor, opts)
     report, rows = checked_rows(data, collator, opts, run_dir, "data")
     eval_rows = checked_rows(eval_data, collator, opts, run_dir, "eval data")[1] if eval_data else None
     report.processor = pixels
-    if os.environ.get("RANK", "0") == "0":
+    if _main_process():
         print_data_summary(report)
-    model = load_for_training(reference, opts, preset, tree, source.model_type)
+        with disk_errors(run_dir, "writing run.json"):
+            write_inputs(run_dir, inputs, resumed)
+    return _Run(opts, reference, run_dir, source, tree, preset, data, report, rows, eval_rows, processor,
+                collator, checkpoint, resumed)
+
+
+def _load_model(run: _Run) -> tuple[Any, bool]:
+    opts = run.opts
+    model = load_for_training(run.reference, opts, run.preset, run.tree, run.source.model_type)
     quantized = "quantization_config" in getattr(model.config, "__dict__", {}) or getattr(
         model, "is_loaded_in_4bit", False)
     if quantized:
@@ -181,32 +238,39 @@ def finetune(opts: RunOptions, *, resume: bool = False, trust_remote_code: bool 
     elif opts.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
+    return model, bool(quantized)
+
+
+def _train(run: _Run) -> FinetuneResult:
+    from transformers import set_seed
+
+    from .freeze import apply_preset
+    from .provenance import write_run_outputs
+    from .trainer_parts import GradCheck, JsonlLog, MarkComplete, Progress, StopOnSignal, make_trainer
+
+    opts, run_dir = run.opts, run.run_dir
+    model, quantized = _load_model(run)
     set_seed(opts.seed)  # LoRA initialisation draws from the RNG: same seed, same adapter
-    applied = apply_preset(model, preset, source.model_type)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    applied = apply_preset(model, run.preset, run.source.model_type)
     stop = StopOnSignal()
     grads = GradCheck(applied, opts.strict_grads)
-    trainer = make_trainer(applied, opts, run_dir / CHECKPOINTS, rows, eval_rows, collator,
+    trainer = make_trainer(applied, opts, run_dir / CHECKPOINTS, run.rows, run.eval_rows, run.collator,
                            callbacks=[Progress(), JsonlLog(run_dir / "log.jsonl"), MarkComplete(), stop, grads])
-    with stop.installed():
-        try:
-            output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-        except DeadGradients:
-            if checkpoint is None and trainer.is_world_process_zero():
-                shutil.rmtree(run_dir, ignore_errors=True)  # nothing trained: leave no run behind
-            raise
+    with stop.installed(), disk_errors(run_dir, lambda: trainer.saving or "training (writing log.jsonl)"):
+        output = trainer.train(resume_from_checkpoint=str(run.checkpoint) if run.checkpoint else None)
     if stop.requested:
         raise Interrupted(f"interrupted at step {trainer.state.global_step}; checkpoint saved in "
                           f"{run_dir / CHECKPOINTS}", f"vlmsurgeon finetune … -o {run_dir} --resume")
     final_loss = _last_loss(trainer.state.log_history)
     if trainer.is_world_process_zero():
-        write_run_outputs(run_dir, applied, processor, opts=opts, source=source, data=data,
-                          data_report=report, quantized=bool(quantized), global_step=trainer.state.global_step,
-                          final_loss=final_loss, train_loss=output.training_loss,
-                          world_size=trainer.args.world_size,
-                          gradients=grads.report.to_json() if grads.report is not None else None,
-                          compute_dtype="bf16" if str(_dtype(opts)) == "torch.bfloat16" else "fp32")
-    return FinetuneResult(run_dir, trainer.state.global_step, final_loss, applied, report.skipped)
+        with disk_errors(run_dir, "writing the run's outputs"):
+            write_run_outputs(run_dir, applied, run.processor, opts=opts, source=run.source, data=run.data,
+                              data_report=run.report, quantized=quantized, global_step=trainer.state.global_step,
+                              final_loss=final_loss, train_loss=output.training_loss,
+                              world_size=trainer.args.world_size, compute_dtype=_dtype_name(opts),
+                              gradients=grads.report.to_json() if grads.report is not None else None,
+                              resumed=run.resumed)
+    return FinetuneResult(run_dir, trainer.state.global_step, final_loss, applied, run.report.skipped)
 
 
 def print_data_summary(report: Any) -> None:

@@ -15,9 +15,9 @@ from typing import Any, Iterator
 from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback
 
-from .errors import CheckFailed
-
-COMPLETE = ".vlmsurgeon-complete"
+from .errors import CheckFailed, RuntimeFailure
+from .resume import reading_checkpoint
+from .runlock import COMPLETE
 
 
 def _import_trainer() -> tuple[Any, Any]:
@@ -49,6 +49,8 @@ class ComponentTrainer(Trainer):
         self.applied = applied
         self.tokens_seen = 0
         self.saw_image = False
+        self.saving: str | None = None  # what a failed write was doing (a full disk names it)
+        self.group_lrs: list[float] = []
 
     def create_optimizer(self, model: Any = None) -> Any:
         import torch
@@ -62,14 +64,63 @@ class ComponentTrainer(Trainer):
             self.optimizer = torch.optim.AdamW(
                 [{"params": params, "lr": lr} for lr, params in groups.items()],
                 lr=self.args.learning_rate, weight_decay=self.args.weight_decay)
+            self.group_lrs = list(groups)
         return self.optimizer
 
     def training_step(self, model: Any, inputs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        labels = inputs.get("labels")
+        # labels are shifted by one inside the loss: position 0 never counts. A batch with no
+        # trained token would log loss 0 and take an optimizer step on nothing; the data pre-pass
+        # refuses such rows, so reaching this is a bug worth stopping for.
+        if labels is not None and not bool((labels[..., 1:] != -100).any()):
+            raise EmptyBatch(f"step {self.state.global_step + 1}: a batch with no trained token (every label "
+                             "is -100), stopped before it counted",
+                             "run `vlmsurgeon data check` on the data; report it if the check passes")
         mask = inputs.get("attention_mask")
         if mask is not None:
             self.tokens_seen += int(mask.sum())
         self.saw_image = self.saw_image or any(k.startswith("pixel_values") for k in inputs)
         return super().training_step(model, inputs, *args, **kwargs)
+
+    def _save_checkpoint(self, model: Any, trial: Any) -> None:
+        self.saving = f"saving checkpoint-{self.state.global_step}"
+        super()._save_checkpoint(model, trial)
+        self.saving = None
+
+    # Trainer's own checkpoint loading, with a damaged or mismatched state said as such (exit 2)
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
+        with reading_checkpoint(resume_from_checkpoint):
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        with reading_checkpoint(checkpoint):
+            super()._load_optimizer_and_scheduler(checkpoint)
+        if checkpoint is not None:
+            self._restore_lrs()
+
+    def _restore_lrs(self) -> None:
+        """The saved optimizer and scheduler bring back the saved learning rates: a resume with
+        `--resume-changed lr` would train on at the old rate while recording the new one. Put back
+        the rates this run asks for, at the point of the schedule the checkpoint reached (unchanged
+        rates come out as they were saved)."""
+        sched = getattr(self.lr_scheduler, "scheduler", self.lr_scheduler)  # accelerate may wrap it
+        lambdas = getattr(sched, "lr_lambdas", None)
+        groups = self.optimizer.param_groups
+        if lambdas is None or not len(lambdas) == len(groups) == len(self.group_lrs):
+            return
+        sched.base_lrs = list(self.group_lrs)
+        for group, lr, factor in zip(groups, self.group_lrs, lambdas):
+            group["initial_lr"] = lr
+            group["lr"] = lr * factor(sched.last_epoch)
+        sched._last_lr = [group["lr"] for group in groups]
+
+    def _load_rng_state(self, checkpoint: str | None) -> None:
+        with reading_checkpoint(checkpoint):
+            super()._load_rng_state(checkpoint)
+
+
+class EmptyBatch(RuntimeFailure):
+    """A training batch held no label to train on (exit 3)."""
 
 
 def make_trainer(applied: Any, opts: Any, output_dir: Path, train: list[Any], evaluation: list[Any] | None,

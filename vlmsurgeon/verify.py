@@ -47,8 +47,9 @@ def _logits(model: Any, inputs: dict[str, Any]) -> Any:
 
 def _with_adapter(base: Path, trained: Any, **kwargs: Any) -> Any:
     import torch
-    from safetensors.torch import load_file
     from transformers import AutoModelForImageTextToText
+
+    from .trained import load_tensors
 
     model = AutoModelForImageTextToText.from_pretrained(base, dtype=torch.float32, **kwargs)
     if trained.adapter_dir:
@@ -61,8 +62,9 @@ def _with_adapter(base: Path, trained: Any, **kwargs: Any) -> Any:
     extra = trained.run_dir / "trained_components.safetensors" if trained.run_dir else None
     if extra and extra.is_file():
         params = dict(model.named_parameters())
-        for name, tensor in load_file(str(extra)).items():
-            target = params.get(name) or params.get(f"base_model.model.{name}")
+        for name, tensor in load_tensors(extra).items():
+            # `params.get(a) or params.get(b)` would ask a tensor for its truth value
+            target = params[name] if name in params else params[f"base_model.model.{name}"]
             target.data.copy_(tensor)
     return model
 
