@@ -370,11 +370,13 @@ def test_media_past_seq_len_is_refused_before_the_model_loads(tiny_models, media
     assert "3 bad row(s) of 3, first: row 1: 71 tokens: its 20 image tokens end at position 27, past --seq-len 16" in err
     # the text-only row has no media, but --seq-len 16 cuts every one of its labels: refused too
     code, out, err = cli("data", "check", ref, "--model", tiny_models("qwen2_vl"), "--seq-len", "16", "--json")
+    assert code == 1 and err.count("\n") == 1 and "data check: 3 row(s) of 3 would not train" in err
     report = json.loads(out)
     assert report["rows"] == 0 and report["skipped"] == 3
     assert report["over_limit"][1] == "row 2: 27 tokens: its first trained token is at position 21, so --seq-len 16 would cut every label"
     # a limit that only cuts text after the media: trains, and the cut rows are counted
     code, out, err = cli("data", "check", ref, "--model", tiny_models("qwen2_vl"), "--seq-len", "64", "--json")
+    assert code == 0, err
     report = json.loads(out)
     assert (report["rows"], report["truncated"], report["skipped"]) == (3, 1, 0)
 

@@ -315,6 +315,12 @@ def data_check(
         print_json(report.to_json())
     else:
         print_data_report(report)
+    if report.skipped:  # like a budget violation: the report is out, the check failed
+        from .errors import CheckFailed
+
+        first = sorted([*report.over_limit, *report.bad], key=lambda b: b.line)[0]
+        raise CheckFailed(f"data check: {report.skipped} row(s) of {report.skipped + report.rows} would not "
+                          f"train, first: {first}", "fix those rows, or finetune with --skip-bad-rows")
 
 
 @budget_app.command("check")
