@@ -59,17 +59,19 @@ def _paligemma(tmp_path: Path, layers: int) -> tuple[object, object]:
     return model, processor
 
 
+def _two_answer_batch(tmp_path: Path, processor, rgb: tuple[int, int, int], turns: list[str]) -> dict:
+    """One image and two question/answer turns, collated as finetune collates them."""
+    (tmp_path / "img").mkdir()
+    Image.new("RGB", (32, 32), rgb).save(tmp_path / "img" / "a.png")
+    messages = [{"role": role, "content": ("<image>" if i == 0 else "") + text}
+                for i, (role, text) in enumerate(zip(["user", "assistant"] * 2, turns))]
+    (tmp_path / "train.jsonl").write_text(json.dumps({"messages": messages, "images": ["img/a.png"]}) + "\n")
+    return Collator(processor, 1024)(load_dataset_rows(tmp_path / "train.jsonl").samples)
+
+
 def test_paligemma_prefix_never_sees_later_tokens(tmp_path):
     model, processor = _paligemma(tmp_path, layers=4)
-    (tmp_path / "img").mkdir()
-    Image.new("RGB", (32, 32), (220, 30, 30)).save(tmp_path / "img" / "red.png")
-    row = {"messages": [
-        {"role": "user", "content": "<image>What colour?"}, {"role": "assistant", "content": "Red."},
-        {"role": "user", "content": "Sure?"}, {"role": "assistant", "content": "Yes, red."}],
-        "images": ["img/red.png"]}
-    (tmp_path / "train.jsonl").write_text(json.dumps(row) + "\n")
-    sample = load_dataset_rows(tmp_path / "train.jsonl").samples[0]
-    batch = Collator(processor, 1024)([sample])
+    batch = _two_answer_batch(tmp_path, processor, (220, 30, 30), ["What colour?", "Red.", "Sure?", "Yes, red."])
     labels, types = batch.pop("labels")[0], batch["token_type_ids"][0]
     trained = (labels != IGNORE).nonzero().flatten().tolist()
     first = trained[0]
@@ -96,14 +98,7 @@ def test_old_prefix_marking_leaked(tmp_path):
     """The guard above has teeth: marking only the answers as suffix (the old rule) lets an
     earlier position see a later answer token on this same model."""
     model, processor = _paligemma(tmp_path, layers=4)
-    (tmp_path / "img").mkdir()
-    Image.new("RGB", (32, 32), (20, 30, 220)).save(tmp_path / "img" / "b.png")
-    row = {"messages": [
-        {"role": "user", "content": "<image>Colour?"}, {"role": "assistant", "content": "Blue."},
-        {"role": "user", "content": "Again?"}, {"role": "assistant", "content": "Blue."}],
-        "images": ["img/b.png"]}
-    (tmp_path / "train.jsonl").write_text(json.dumps(row) + "\n")
-    batch = Collator(processor, 1024)(load_dataset_rows(tmp_path / "train.jsonl").samples)
+    batch = _two_answer_batch(tmp_path, processor, (20, 30, 220), ["Colour?", "Blue.", "Again?", "Blue."])
     labels = batch.pop("labels")
     batch["token_type_ids"] = (labels != IGNORE).long()  # the old marking
     position = int((labels[0] != IGNORE).nonzero()[0])
