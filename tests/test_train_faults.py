@@ -67,7 +67,7 @@ def run_copy(trained, tmp_path) -> Path:
 
 
 def test_outputs_honour_the_umask(trained):
-    for entry in ("adapter", "processor", "vlmsurgeon.json", "run.json", "log.jsonl"):
+    for entry in ("adapter", "processor", "vlmsurgeon.json", "run.json", "log.jsonl", "checkpoints"):
         path = trained / entry
         for item in [path, *path.rglob("*")] if path.is_dir() else [path]:
             want = 0o755 if item.is_dir() else 0o644

@@ -250,6 +250,9 @@ class MarkComplete(TrainerCallback):
             return
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if folder.is_dir():
+            from .fsutil import honour_umask
+
+            honour_umask(folder.parent)  # torch and safetensors write some files 0600
             for file in folder.iterdir():
                 if file.is_file():
                     with file.open("rb") as fh:
