@@ -31,6 +31,9 @@ demo: $(STAMP)
 	$(PY) examples/make_shapes.py demo-out/shapes
 	$(VENV)/bin/vlmsurgeon plan --config examples/vlmsurgeon.yaml --freeze vision --probe
 	HF_HUB_DISABLE_PROGRESS_BARS=1 $(VENV)/bin/vlmsurgeon finetune --config examples/vlmsurgeon.yaml --freeze vision
+	# ask the fine-tuned model (demo-out/run, loaded as trained: 4-bit base + adapter) about a demo image
+	$(VENV)/bin/vlmsurgeon generate demo-out/run --image demo-out/shapes/img/red_circle.png \
+		--prompt "What is in the picture?" --max-new-tokens 16
 
 bench: $(STAMP)
 	$(PY) bench/inspect_bench.py

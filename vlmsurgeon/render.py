@@ -307,3 +307,24 @@ def print_data_report(report: Any, console: Console | None = None) -> None:
         console.print(f"  … and {report.skipped - 20} more")
     for note in report.notes:
         console.print(f"note: {escape(note)}", soft_wrap=True)
+
+
+def print_eval(result: Any, report: Any = None, console: Console | None = None) -> None:
+    """`eval`: totals per model (means over the scored rows), and the delta with --compare."""
+    from .evaluate import METRICS
+
+    console = console or make_console()
+    labels = {"exact_match": "exact match", "f1": "token F1", "rouge_l": "ROUGE-L"}
+    table = Table(title=f"{escape(result.data)}: {len(result.rows)} row(s), {len(result.skipped)} skipped",
+                  title_justify="left")
+    table.add_column("model")
+    for metric in METRICS:
+        table.add_column(labels[metric], justify="right")
+    totals, delta = result.totals(), result.delta()
+    for model in result.models:
+        table.add_row(escape(f"{model.name}: {model.source}"), *(f"{totals[model.name][m]:.3f}" for m in METRICS))
+    if delta is not None:
+        table.add_row("[bold]delta (model − compare)[/bold]", *(f"[bold]{delta[m]:+.3f}[/bold]" for m in METRICS))
+    console.print(table)
+    if report is not None:
+        console.print(f"report: {escape(str(report))}/report.html", soft_wrap=True)

@@ -47,6 +47,8 @@ class RunOptions(BaseModel):
     image_size: Optional[int] = Field(default=None, gt=0)
     video_frames: Optional[int] = Field(default=None, gt=0)
     video_fps: Optional[float] = Field(default=None, gt=0)
+    report_to: Literal["none", "tensorboard", "wandb"] = "none"
+    eval_generate: Optional[int] = Field(default=None, gt=0)
     strict_grads: bool = False
 
     def require(self, key: str, flag: str) -> str:

@@ -202,6 +202,9 @@ def _prepare(opts: RunOptions, reference: str, run_dir: Path, resume: bool, allo
     checkpoint files, every row through the processor; then RUN/run.json."""
     from .resume import check_checkpoint, check_resume, run_inputs, write_inputs
 
+    from .telemetry import check_reporting
+
+    check_reporting(opts)
     data = _rows(opts.require("data", "--data DATA"), opts, "data")
     eval_data = _rows(opts.eval_data, opts, "eval data") if opts.eval_data else None
     checkpoint = _check_run_dir(run_dir, resume)
@@ -246,6 +249,7 @@ def _train(run: _Run) -> FinetuneResult:
 
     from .freeze import apply_preset
     from .provenance import write_run_outputs
+    from .telemetry import EvalGenerate, Summary, summary_lines
     from .trainer_parts import GradCheck, JsonlLog, MarkComplete, Progress, StopOnSignal, make_trainer
 
     opts, run_dir = run.opts, run.run_dir
@@ -254,8 +258,15 @@ def _train(run: _Run) -> FinetuneResult:
     applied = apply_preset(model, run.preset, run.source.model_type)
     stop = StopOnSignal()
     grads = GradCheck(applied, opts.strict_grads)
+    callbacks = [Summary(lambda steps: summary_lines(applied, opts, quantized, steps, run.reference,
+                                                     run.source.model_type)),
+                 Progress(), JsonlLog(run_dir / "log.jsonl"), MarkComplete(), stop, grads]
+    if opts.eval_generate and run.eval_rows:
+        callbacks.append(EvalGenerate(run.eval_rows, run.processor, opts.eval_generate))
+    if opts.report_to == "tensorboard":  # beside the run, not inside checkpoints/
+        os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_dir / "tensorboard")
     trainer = make_trainer(applied, opts, run_dir / CHECKPOINTS, run.rows, run.eval_rows, run.collator,
-                           callbacks=[Progress(), JsonlLog(run_dir / "log.jsonl"), MarkComplete(), stop, grads])
+                           callbacks=callbacks)
     with stop.installed(), disk_errors(run_dir, lambda: trainer.saving or "training (writing log.jsonl)"):
         output = trainer.train(resume_from_checkpoint=str(run.checkpoint) if run.checkpoint else None)
     if stop.requested:

@@ -45,13 +45,14 @@ def _logits(model: Any, inputs: dict[str, Any]) -> Any:
         return model.eval()(**inputs).logits.float()
 
 
-def _with_adapter(base: Path, trained: Any, **kwargs: Any) -> Any:
+def with_adapter(base: Path, trained: Any, dtype: Any = None, **kwargs: Any) -> Any:
+    """The base (in `dtype`, fp32 by default) with the run's adapter and trained components."""
     import torch
     from transformers import AutoModelForImageTextToText
 
     from .trained import load_tensors
 
-    model = AutoModelForImageTextToText.from_pretrained(base, dtype=torch.float32, **kwargs)
+    model = AutoModelForImageTextToText.from_pretrained(base, dtype=dtype or torch.float32, **kwargs)
     if trained.adapter_dir:
         from peft import PeftModel
 
@@ -69,28 +70,38 @@ def _with_adapter(base: Path, trained: Any, **kwargs: Any) -> Any:
     return model
 
 
+def as_trained_quantization(trained: Any, dtype: Any = None) -> Any:
+    """The 4-bit NF4 config a QLoRA run's base trained under (its preset's quantized components,
+    the rest skipped), or None for a run that was not quantized."""
+    if not trained.quantized_components:
+        return None
+    import re
+
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    from .freeze import classified_tree, unquantized_roots
+    from .inspection import meta_model
+
+    _, meta = meta_model(str(trained.base))
+    keep = unquantized_roots(classified_tree(meta, meta.config.model_type), trained.quantized_components)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=dtype or torch.float32,
+                              llm_int8_skip_modules=[re.escape(k) for k in keep] or None)
+
+
 def verify(out: Path, trained: Any, dtype: str, target: str) -> Verdict:
     import torch
-    from transformers import AutoModelForImageTextToText, AutoProcessor, BitsAndBytesConfig
-
-    from .freeze import unquantized_roots, classified_tree
+    from transformers import AutoModelForImageTextToText, AutoProcessor
 
     processor = AutoProcessor.from_pretrained(out)
     inputs = probe_inputs(processor)
     merged = _logits(AutoModelForImageTextToText.from_pretrained(out, dtype=torch.float32), inputs)
-    original = _logits(_with_adapter(trained.base, trained), inputs)
+    original = _logits(with_adapter(trained.base, trained), inputs)
     as_trained = None
-    if trained.quantized_components:
-        from .inspection import meta_model
-
-        _, meta = meta_model(str(trained.base))
-        keep = unquantized_roots(classified_tree(meta, meta.config.model_type), trained.quantized_components)
-        import re
-
-        quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                   bnb_4bit_compute_dtype=torch.float32,
-                                   llm_int8_skip_modules=[re.escape(k) for k in keep] or None)
-        as_trained = _logits(_with_adapter(trained.base, trained, quantization_config=quant), inputs)
+    quant = as_trained_quantization(trained)
+    if quant is not None:
+        as_trained = _logits(with_adapter(trained.base, trained, quantization_config=quant), inputs)
     scale = max(1.0, float(original.abs().max()))
     return Verdict(
         vs_original=float((merged - original).abs().max()),

@@ -1,0 +1,172 @@
+"""generate and chat on tiny fine-tunes: a run (as trained, 4-bit base + adapter) answers as its
+fp32 export does, every SOURCE kind loads, chat runs on a terminal, bad input is one line."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import select
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+from tests.test_finetune import options
+from vlmsurgeon.errors import BadInput
+from vlmsurgeon.generation import answer, load_for_inference, source_kind, user_turn
+from vlmsurgeon.merge import MergePlan, merge
+from vlmsurgeon.train import finetune
+
+PROMPT = "What is in the picture?"
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_models, shapes, tmp_path_factory):
+    """family -> (base, run, fp32 export): QLoRA --freeze vision, 10 steps, merged into the
+    dequantized weights it trained against."""
+    base = tmp_path_factory.mktemp("gen")
+    out = {}
+    for family in ("qwen2_vl", "llava"):
+        run, export = base / f"run-{family}", base / f"export-{family}"
+        finetune(options(tiny_models(family), shapes, run, steps=10))
+        merge(run, export, plan=MergePlan(dtype="fp32"))
+        out[family] = (tiny_models(family), run, export)
+    return out
+
+
+@pytest.fixture(scope="module")
+def image(shapes) -> Path:
+    return shapes.parent / "img" / "red_circle.png"
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "llava"])
+def test_run_and_its_fp32_export_answer_the_same(runs, image, cli, family):
+    _, run, export = runs[family]
+    answers = []
+    for source in (run, export):
+        code, out, err = cli("generate", source, "--image", image, "--prompt", PROMPT, "--max-new-tokens", "12")
+        assert code == 0, err
+        answers.append(out)
+    assert answers[0] == answers[1]
+    assert answers[0].strip()
+
+
+def test_json_for_every_kind(runs, image, cli):
+    base, run, export = runs["qwen2_vl"]
+    cases = [((base,), "model"), ((run,), "run"), ((run / "adapter", "--base", base), "adapter"),
+             ((export,), "export")]
+    for args, kind in cases:
+        code, out, err = cli("generate", *args, "--image", image, "--prompt", PROMPT, "--max-new-tokens", "6",
+                             "--json")
+        assert code == 0, err
+        lines = out.strip().splitlines()
+        assert len(lines) == 1
+        record = json.loads(lines[0])
+        assert set(record) == {"text", "tokens", "prompt_tokens", "seconds", "source", "kind"}
+        assert record["kind"] == kind and record["source"] == str(args[0])
+        assert 1 <= record["tokens"] <= 6 and record["prompt_tokens"] > 0 and record["seconds"] >= 0
+
+
+def test_answer_streams_the_text_it_returns(runs, image):
+    _, run, _ = runs["qwen2_vl"]
+    loaded = load_for_inference(str(run))
+    assert (loaded.kind, loaded.quantized) == ("run", True)
+    pieces: list[str] = []
+    result = answer(loaded, [user_turn(PROMPT, 1)], [image], max_new_tokens=10, on_text=pieces.append)
+    assert "".join(pieces) == result.text and result.tokens <= 10
+    again = answer(loaded, [user_turn(PROMPT, 1)], [image], max_new_tokens=10)
+    assert again.text == result.text  # greedy: the same every time
+    with pytest.raises(BadInput, match="1 image placeholder"):
+        answer(loaded, [user_turn(PROMPT, 1)], [], max_new_tokens=2)
+    with pytest.raises(BadInput, match="last turn"):
+        answer(loaded, [user_turn(PROMPT), {"role": "assistant", "content": [{"type": "text", "text": "x"}]}])
+
+
+def _read_until(fd: int, marker: str, buffer: str, timeout: float = 180) -> str:
+    deadline = time.monotonic() + timeout
+    while marker not in buffer:
+        remaining = deadline - time.monotonic()
+        assert remaining > 0, f"no {marker!r} in {buffer!r}"
+        ready, _, _ = select.select([fd], [], [], remaining)
+        if ready:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:  # the child closed the terminal
+                chunk = b""
+            assert chunk, f"terminal closed before {marker!r}: {buffer!r}"
+            buffer += chunk.decode(errors="replace")
+    return buffer
+
+
+def test_chat_on_a_terminal(runs, image):
+    _, run, _ = runs["qwen2_vl"]
+    master, slave = pty.openpty()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "vlmsurgeon.cli", "chat", str(run), "--max-new-tokens", "6"],
+                            stdin=slave, stdout=slave, stderr=subprocess.PIPE, cwd=ROOT, env=env)
+    os.close(slave)
+    try:
+        seen = _read_until(master, "you> ", "")
+        os.write(master, f"/image {image}\n".encode())
+        seen = _read_until(master, "you> ", seen.split("you> ", 1)[1])
+        assert "attached" in seen
+        os.write(master, f"{PROMPT}\n".encode())
+        seen = _read_until(master, "model> ", seen.split("you> ", 1)[1])
+        seen = _read_until(master, "you> ", seen.split("model> ", 1)[1])
+        reply = seen.split("you> ", 1)[0].strip()
+        assert reply, seen
+        os.write(master, b"/exit\n")
+        assert proc.wait(timeout=60) == 0, proc.stderr.read().decode()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
+
+
+def test_a_bad_image_is_refused_before_any_weight_loads(runs, cli, tmp_path, monkeypatch):
+    from vlmsurgeon import generation
+
+    def must_not_load(*args, **kwargs):
+        raise AssertionError("a refused image must not load weights")
+
+    monkeypatch.setattr(generation, "load_for_inference", must_not_load)
+    _, run, _ = runs["llava"]
+    (tmp_path / "text.png").write_text("not an image")
+    for path, what in ((tmp_path / "missing.png", "image not found"), (tmp_path / "text.png", "cannot open image")):
+        code, out, err = cli("generate", run, "--image", path, "--prompt", PROMPT)
+        assert (code, out) == (2, "") and what in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_bad_input_is_one_line_exit_2(runs, image, cli, tmp_path, shapes):
+    base, run, _ = runs["llava"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cases = [
+        (("generate", run, "--image", tmp_path / "missing.png", "--prompt", PROMPT), "image not found"),
+        (("generate", base, "--base", base, "--image", image, "--prompt", PROMPT), "needs no base"),
+        (("generate", run / "adapter", "--base", tmp_path / "nowhere", "--image", image, "--prompt", PROMPT),
+         "is not a local directory"),
+        (("generate", run, "--prompt", PROMPT, "--temperature", "-1"), "--temperature"),
+        (("generate", run, "--video", image, "--prompt", PROMPT), "takes no video"),
+        (("generate", empty, "--image", image, "--prompt", PROMPT), "is not a model directory"),
+        (("generate", shapes, "--image", image, "--prompt", PROMPT), "is a file, not"),
+        (("generate", tmp_path / "nowhere", "--image", image, "--prompt", PROMPT), "no such file"),
+    ]
+    for args, what in cases:
+        code, out, err = cli(*args)
+        assert code == 2, (args, err)
+        assert out == "" and len(err.strip().splitlines()) == 1, err
+        assert err.startswith("vlmsurgeon: error: ") and what in err and "(try: " in err, err
+
+
+def test_source_kind_without_loading(runs, tmp_path):
+    base, run, export = runs["llava"]
+    assert [source_kind(str(p)) for p in (base, run, run / "adapter", export)] == ["model", "run", "adapter",
+                                                                                   "export"]
+    assert source_kind("org/some-model") == "model"  # a hub id's shape; the load says if it is missing
+    with pytest.raises(BadInput):
+        source_kind(str(tmp_path))
