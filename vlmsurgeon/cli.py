@@ -14,6 +14,7 @@ from typing import Any, Optional
 import typer
 
 from . import __version__
+from .cli_try import quiet_libraries as _quiet_libraries, register as _register_try
 from .errors import VlmSurgeonError, offer_settings, withdraw_settings
 
 app = typer.Typer(
@@ -29,6 +30,17 @@ data_app = typer.Typer(no_args_is_help=True, help="Training data: validation and
 app.add_typer(data_app, name="data")
 
 
+# How rows' media are found and sized: the same options for `finetune` and `data check`.
+MEDIA = {
+    "image_root": typer.Option(None, "--image-root", help="Folder that relative media paths start from."),
+    "max_pixels": typer.Option(None, "--max-pixels", help="Pixel budget per image (Qwen-style processors)."),
+    "min_pixels": typer.Option(None, "--min-pixels", help="Smallest pixel count per image (Qwen-style)."),
+    "image_size": typer.Option(None, "--image-size", help="Resize images to this side (fixed-size processors)."),
+    "video_frames": typer.Option(None, "--video-frames", help="Most frames sampled from a video."),
+    "video_fps": typer.Option(None, "--video-fps", help="Frames per second sampled from a video."),
+}
+
+
 def _version(value: bool) -> None:
     if value:
         print(f"vlmsurgeon {__version__}")
@@ -41,14 +53,6 @@ def _root(
                                  help="Print the version and exit."),
 ) -> None:
     """vlmsurgeon: see what is inside a VLM, decide what trains, train it, ship it."""
-
-
-def _quiet_libraries() -> None:
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-    import warnings
-
-    warnings.filterwarnings("ignore")
 
 
 @app.command()
@@ -159,12 +163,12 @@ def finetune(
     report_to: Optional[str] = typer.Option(None, "--report-to", help="tensorboard, wandb or none (the Trainer's own integrations)."),
     eval_generate: Optional[int] = typer.Option(None, "--eval-generate",
                                                 help="At each evaluation, generate for N --eval-data rows and log exact match, F1, ROUGE-L."),
-    image_root: Optional[str] = typer.Option(None, "--image-root", help="Folder that relative media paths start from."),
-    max_pixels: Optional[int] = typer.Option(None, "--max-pixels", help="Pixel budget per image (Qwen-style processors)."),
-    min_pixels: Optional[int] = typer.Option(None, "--min-pixels", help="Smallest pixel count per image (Qwen-style)."),
-    image_size: Optional[int] = typer.Option(None, "--image-size", help="Resize images to this side (fixed-size processors)."),
-    video_frames: Optional[int] = typer.Option(None, "--video-frames", help="Most frames sampled from a video."),
-    video_fps: Optional[float] = typer.Option(None, "--video-fps", help="Frames per second sampled from a video."),
+    image_root: Optional[str] = MEDIA["image_root"],
+    max_pixels: Optional[int] = MEDIA["max_pixels"],
+    min_pixels: Optional[int] = MEDIA["min_pixels"],
+    image_size: Optional[int] = MEDIA["image_size"],
+    video_frames: Optional[int] = MEDIA["video_frames"],
+    video_fps: Optional[float] = MEDIA["video_fps"],
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code"),
 ) -> None:
     """QLoRA fine-tuning: 4-bit NF4 base, LoRA and full components from the preset, checkpoints, resume."""
@@ -276,98 +280,17 @@ def diff(
         make_console().print(diff_table(result))
 
 
-@app.command()
-def generate(
-    source: str = typer.Argument(..., help="Hub id, model directory, run directory, peft adapter or merged export."),
-    image: list[Path] = typer.Option([], "--image", help="An image for the prompt (repeat for more)."),
-    video: list[Path] = typer.Option([], "--video", help="A video for the prompt (video models)."),
-    prompt: str = typer.Option(..., "--prompt", help="The question or instruction."),
-    max_new_tokens: int = typer.Option(128, "--max-new-tokens", min=1, help="Most tokens to generate."),
-    temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="0: greedy; above 0: sampling."),
-    base: Optional[str] = typer.Option(None, "--base", help="Base model of a bare peft adapter."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object with the answer and counts."),
-    trust_remote_code: bool = typer.Option(False, "--trust-remote-code"),
-) -> None:
-    """Ask a model, a run (as trained) or an export about an image: the answer on stdout."""
-    _quiet_libraries()
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # a weight-loading bar before one answer is noise
-    from .errors import BadInput
-
-    from .generation import answer, load_for_inference, read_image, user_turn
-
-    images = [read_image(path) for path in image]  # a bad image is named before any weight loads
-    for path in video:
-        if not path.is_file():
-            raise BadInput(f"video not found: {path}", "check the path")
-    loaded = load_for_inference(source, base=base, trust_remote_code=trust_remote_code)
-    stream = sys.stdout.isatty() and not as_json
-    on_text = (lambda text: print(text, end="", flush=True)) if stream else None
-    result = answer(loaded, [user_turn(prompt, len(images), len(video))], images, video,
-                    max_new_tokens=max_new_tokens, temperature=temperature, on_text=on_text)
-    if as_json:
-        print(json.dumps({"text": result.text, "tokens": result.tokens, "prompt_tokens": result.prompt_tokens,
-                          "seconds": round(result.seconds, 4), "source": loaded.source, "kind": loaded.kind}))
-    elif stream:
-        print()
-    else:
-        print(result.text)
-
-
-@app.command()
-def chat(
-    source: str = typer.Argument(..., help="Hub id, model directory, run directory, peft adapter or merged export."),
-    base: Optional[str] = typer.Option(None, "--base", help="Base model of a bare peft adapter."),
-    max_new_tokens: int = typer.Option(128, "--max-new-tokens", min=1, help="Most tokens per answer."),
-    temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="0: greedy; above 0: sampling."),
-    trust_remote_code: bool = typer.Option(False, "--trust-remote-code"),
-) -> None:
-    """Talk to a model: a line is a turn; /image PATH attaches an image to the next, /reset, /exit."""
-    _quiet_libraries()
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    from .generation import Chat, load_for_inference
-
-    session = Chat(load_for_inference(source, base=base, trust_remote_code=trust_remote_code),
-                   max_new_tokens=max_new_tokens, temperature=temperature)
-    print(f"chat with {source} ({session.loaded.kind}): /image PATH, /reset, /exit", file=sys.stderr)
-    while True:
-        print("you> ", end="", flush=True)
-        line = sys.stdin.readline()
-        if not line:  # EOF
-            print()
-            return
-        text = line.strip()
-        if text in ("/exit", "/quit"):
-            return
-        if text == "/reset":
-            session.reset()
-            print("(history cleared)")
-        elif text.startswith("/image"):
-            path = text[len("/image"):].strip()
-            try:
-                session.attach(path)
-                print(f"(image {path} attached to the next turn)")
-            except VlmSurgeonError as exc:
-                print(f"vlmsurgeon: error: {exc.line()}", file=sys.stderr)
-        elif text:
-            print("model> ", end="", flush=True)
-            try:
-                session.ask(text, on_text=lambda piece: print(piece, end="", flush=True))
-            except VlmSurgeonError as exc:  # a refused turn leaves the conversation as it was
-                print(f"\nvlmsurgeon: error: {exc.line()}", file=sys.stderr)
-            print(flush=True)
-
-
 @data_app.command("check")
 def data_check(
     data: str = typer.Argument(..., help="Data file, datasets folder, or dataset_info.json[:NAME]."),
     model: str = typer.Option(..., "--model", "-m", help="The model whose processor and template to use."),
     seq_len: int = typer.Option(2048, "--seq-len", help="Max tokens per sample."),
-    image_root: Optional[str] = typer.Option(None, "--image-root", help="Folder that relative media paths start from."),
-    max_pixels: Optional[int] = typer.Option(None, "--max-pixels", help="Pixel budget per image (Qwen-style)."),
-    min_pixels: Optional[int] = typer.Option(None, "--min-pixels", help="Smallest pixel count per image."),
-    image_size: Optional[int] = typer.Option(None, "--image-size", help="Resize images to this side."),
-    video_frames: Optional[int] = typer.Option(None, "--video-frames", help="Most frames sampled from a video."),
-    video_fps: Optional[float] = typer.Option(None, "--video-fps", help="Frames per second sampled from a video."),
+    image_root: Optional[str] = MEDIA["image_root"],
+    max_pixels: Optional[int] = MEDIA["max_pixels"],
+    min_pixels: Optional[int] = MEDIA["min_pixels"],
+    image_size: Optional[int] = MEDIA["image_size"],
+    video_frames: Optional[int] = MEDIA["video_frames"],
+    video_fps: Optional[float] = MEDIA["video_fps"],
     as_json: bool = typer.Option(False, "--json", help="Print the report as one JSON object."),
 ) -> None:
     """What finetune's validation finds, without training: rows per format, media, token lengths, bad rows."""
@@ -468,50 +391,7 @@ def tiny(
     print(path)
 
 
-@app.command("eval")
-def eval_(
-    source: str = typer.Argument(..., help="Model directory, hub id, run directory, adapter (with --base) or export."),
-    data: str = typer.Option(..., "--data", help="Data in any format finetune reads; the last assistant turn "
-                                                 "of each row is the reference."),
-    compare: Optional[str] = typer.Option(None, "--compare", help="A second SOURCE scored on the same rows "
-                                                                  "(e.g. the base model): side by side, with the delta."),
-    base: Optional[str] = typer.Option(None, "--base", help="Base checkpoint of a bare peft adapter."),
-    max_new_tokens: int = typer.Option(128, "--max-new-tokens", min=1, help="Most tokens per answer."),
-    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Score only the first N usable rows."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Report folder (predictions.jsonl, "
-                                                                 "report.json, report.html); must not exist."),
-    image_root: Optional[str] = typer.Option(None, "--image-root", help="Folder that relative media paths start from."),
-    as_json: bool = typer.Option(False, "--json", help="Print totals and per-row results as one JSON object."),
-    trust_remote_code: bool = typer.Option(False, "--trust-remote-code"),
-) -> None:
-    """Generation metrics (exact match, token F1, ROUGE-L) on a dataset; with --compare, before/after."""
-    _quiet_libraries()
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # a loading bar per model is noise here
-    from .evaluate import evaluate
-    from .render import make_console, print_eval, print_json
-
-    if out is not None:
-        from .eval_report import check_target
-
-        check_target(out)  # before any model loads
-    progress = make_console(stderr=True)
-
-    def on_row(name: str, done: int, total: int) -> None:
-        if done == total or done % 10 == 0:
-            progress.print(f"eval: {name}: {done}/{total} row(s)")
-
-    result = evaluate(source, data, compare=compare, base=base, max_new_tokens=max_new_tokens, limit=limit,
-                      image_root=image_root, trust_remote_code=trust_remote_code, on_row=on_row)
-    if out is not None:
-        from .eval_report import write_report
-
-        write_report(result, out)
-    if as_json:
-        print_json(result.to_json())
-    else:
-        print_eval(result, report=out)
-    for row in result.skipped:
-        print(f"vlmsurgeon: warning: eval: skipped {row}", file=sys.stderr)
+_register_try(app)  # generate, chat, eval
 
 
 # Settings a command takes from its file rather than a flag, as hints from shared code name them.
