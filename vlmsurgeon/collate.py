@@ -129,7 +129,10 @@ class Collator:
                            "use a template that is prefix-stable (most are)")
         return n_start, n_end
 
-    def labels(self, sample: Sample, media: tuple[list[Any], list[Any]], input_ids: Any) -> Any:
+    def labels(self, sample: Sample, media: tuple[list[Any], list[Any]], input_ids: Any,
+               first_only: bool = False) -> Any:
+        """Labels for every trained turn; `first_only` stops after the first (all the pre-pass
+        needs: each span costs two more processor calls)."""
         import torch
 
         labels = torch.full_like(input_ids, IGNORE)
@@ -138,6 +141,8 @@ class Collator:
             if message["role"] == "assistant" and message.get("train", True):
                 n_start, n_end = self._span(sample, media, full, k)
                 labels[n_start:n_end] = input_ids[n_start:n_end]
+                if first_only:
+                    break
         return labels
 
     def load_media(self, sample: Sample) -> tuple[list[Any], list[Any]]:
@@ -146,12 +151,15 @@ class Collator:
         return ([open_image(r) for r in sample.images],
                 [load_video(r, self.video_frames, self.video_fps) for r in sample.videos])
 
-    def full_encoding(self, sample: Sample) -> dict[str, Any]:
-        """The whole row, labelled, before any truncation."""
+    def full_encoding(self, sample: Sample, first_only: bool = False) -> dict[str, Any]:
+        """The whole row, labelled, before any truncation (`first_only`: only the first trained
+        turn is labelled, for `measure`)."""
         media = self.load_media(sample)
         batch = dict(self.encode(self.render(sample.messages, tools=sample.tools), *media))
         input_ids = batch["input_ids"][0]
-        batch["labels"] = self.labels(sample, media, input_ids)[None]
+        batch["labels"] = self.labels(sample, media, input_ids, first_only)[None]
+        if first_only:
+            return batch
         if any(k in batch for k in PROMPT_ONLY):
             batch.update(self.prompt_inputs(sample, media))
         if type(self.processor).__name__ in PREFIX_LM and "token_type_ids" in batch:
@@ -170,7 +178,7 @@ class Collator:
 
     def measure(self, sample: Sample) -> RowStats:
         """What `finetune` checks before training: token counts and the media / label bounds."""
-        batch = self.full_encoding(sample)
+        batch = self.full_encoding(sample, first_only=True)
         ids = batch["input_ids"][0]
         counts, end = {}, 0
         for kind, token in self.media_ids.items():
