@@ -109,11 +109,6 @@ def run_chain(family: str, work: Path, data: Path) -> dict[str, object]:
     return facts
 
 
-# The option a known blocker's fix stands for (support.UNSUPPORTED), as RunOptions values.
-_FIXES = {"--quantize none": {"quantize": "none"}, "--dtype bf16": {"dtype": "bf16"},
-          "--no-gradient-checkpointing": {"gradient_checkpointing": False}}
-
-
 def _refused_then_fixed(family: str, options: dict[str, object]) -> dict[str, object]:
     """A family with a known blocker must be refused up front on the default path (one line, before
     any weight loads); when the blocker names a setting that avoids it, the chain runs with it."""
@@ -132,9 +127,9 @@ def _refused_then_fixed(family: str, options: dict[str, object]) -> dict[str, ob
             raise
     else:
         raise AssertionError(f"{family}: the default path was not refused up front")
-    if blocker.fix not in _FIXES:
+    if not blocker.fix_option:
         raise SweepFailure(f"finetune: refused up front: {blocker.reason}")
-    return {**_FIXES[blocker.fix], "facts": {"with": blocker.fix}}
+    return {**dict(blocker.fix_option), "facts": {"with": blocker.fix}}
 
 
 class SweepFailure(Exception):

@@ -14,17 +14,19 @@ class Blocker:
 
     reason: str
     when: str = "always"  # always | 4bit | fp32 | checkpointing
-    fix: str = ""
+    fix: str = ""  # the flag that avoids it, as the user types it
+    fix_option: tuple[tuple[str, Any], ...] = ()  # the same, as RunOptions values
 
 
 # model_type -> what stops training (found by `make sweep` on tiny models, transformers 5.23).
 UNSUPPORTED: dict[str, Blocker] = {
     "gemma3n": Blocker("Gemma 3n updates its AltUp coefficients in place, which a 4-bit layer cannot take",
-                       "4bit", "--quantize none"),
+                       "4bit", "--quantize none", (("quantize", "none"),)),
     "llama4": Blocker("Llama 4's image processor returns bf16 pixels, which an fp32 model refuses",
-                      "fp32", "--dtype bf16"),
+                      "fp32", "--dtype bf16", (("dtype", "bf16"),)),
     "git": Blocker("GIT adds its position embeddings in place, which gradient checkpointing refuses",
-                   "checkpointing", "--no-gradient-checkpointing"),
+                   "checkpointing", "--no-gradient-checkpointing",
+                   (("gradient_checkpointing", False),)),
     "shieldgemma2": Blocker("ShieldGemma 2's processor replaces the conversation with its policy prompts"),
     "fuyu": Blocker("Fuyu's processor drops the first token of each image segment, so image tokens and "
                     "features disagree"),
