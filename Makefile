@@ -26,13 +26,15 @@ sweep: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/vlmsurgeon inspect examples/qwen3-vl-235b-a22b --depth 4
-	rm -rf demo-out && HF_HUB_DISABLE_PROGRESS_BARS=1 $(VENV)/bin/vlmsurgeon tiny qwen2_vl -o demo-out/tiny-qwen2-vl
+	rm -rf demo-out && $(VENV)/bin/vlmsurgeon tiny qwen2_vl -o demo-out/tiny-qwen2-vl
 	$(VENV)/bin/vlmsurgeon inspect demo-out/tiny-qwen2-vl --depth 3
 	$(PY) examples/make_shapes.py demo-out/shapes
 	$(VENV)/bin/vlmsurgeon plan --config examples/vlmsurgeon.yaml --freeze vision --probe
-	HF_HUB_DISABLE_PROGRESS_BARS=1 $(VENV)/bin/vlmsurgeon finetune --config examples/vlmsurgeon.yaml --freeze vision
-	# ask the fine-tuned model (demo-out/run, loaded as trained: 4-bit base + adapter) about a demo image
-	$(VENV)/bin/vlmsurgeon generate demo-out/run --image demo-out/shapes/img/red_circle.png \
+	$(VENV)/bin/vlmsurgeon finetune --config examples/vlmsurgeon.yaml --freeze vision
+	# ship it: fold the adapter into the base, a plain transformers checkpoint, checked against the run
+	$(VENV)/bin/vlmsurgeon merge demo-out/run -o demo-out/merged --verify
+	# ask the merged export about a demo image
+	$(VENV)/bin/vlmsurgeon generate demo-out/merged --image demo-out/shapes/img/red_circle.png \
 		--prompt "What is in the picture?" --max-new-tokens 16
 
 bench: $(STAMP)

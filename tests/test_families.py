@@ -40,7 +40,7 @@ def test_tied_head_family_trains_in_4bit_and_verifies(tiny_models, shapes, tmp_p
     assert record["quantize"] == "4bit-nf4-double-quant" and record["training"]["global_step"] == 2
     code, out, err = cli("merge", tmp_path / "run", "-o", tmp_path / "export", "--verify")
     assert code == 0, err
-    assert "merged 14 LoRA modules" in out and "verify: max" in out
+    assert "merged 14 LoRA modules" in out and "verify: ok" in out.splitlines()
 
 
 def _paligemma(tmp_path: Path, layers: int) -> tuple[object, object]:

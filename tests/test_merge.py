@@ -86,12 +86,12 @@ def test_weights_equal_peft_merge_and_unload(runs, tiny_models, tmp_path):
 
 
 def test_default_target_reproduces_the_model_as_trained(runs, tiny_models, tmp_path, cli):
-    code, out, err = cli("merge", runs["qwen2_vl"], "-o", tmp_path / "out", "--dtype", "fp32", "--verify")
+    code, out, err = cli("merge", runs["qwen2_vl"], "-o", tmp_path / "out", "--dtype", "fp32", "--verify",
+                         "--json")
     assert code == 0, err
-    line = next(l for l in out.splitlines() if l.startswith("verify:"))
-    as_trained = float(line.split("as trained: ")[1].split(";")[0])
-    vs_original = float(line.split("adapter: ")[1].split(" ")[0])
-    assert as_trained < 1e-4 < vs_original  # the dequantized target is the one that reproduces training
+    verdict = json.loads(out)["verify"]
+    assert verdict["ok"] and verdict["checked_against"] == "trained"
+    assert verdict["vs_trained"] < 1e-4 < verdict["vs_original"]  # dequantized reproduces training
 
 
 def test_diff_after_freeze_vision(runs, tiny_models, cli):
@@ -99,6 +99,7 @@ def test_diff_after_freeze_vision(runs, tiny_models, cli):
     assert code == 0, err
     c = json.loads(out)["components"]
     assert c["vision"]["tensors"] > 0 and c["vision"]["changed"] == 0 and c["vision"]["max_abs_change"] == 0
+    assert c["vision"]["unchanged"] == c["vision"]["tensors"] and c["vision"]["cast_only"] == 0  # same dtype
     assert c["merger"]["changed"] == c["merger"]["tensors"] > 0
     assert c["lm"]["changed"] == 14 and c["lm"]["relative_frobenius"] > 0
     assert c["head"]["changed"] == 0

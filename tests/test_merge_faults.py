@@ -141,7 +141,10 @@ def test_only_a_component_the_run_did_not_train(run, tmp_path, cli):
 def test_identical_sides_may_say_unchanged(tiny_models, cli):
     code, out, err = cli("diff", tiny_models("qwen2_vl"), tiny_models("qwen2_vl"), "--json")
     assert code == 0, err
-    assert all(c["changed"] == 0 and c["tensors"] > 0 for c in json.loads(out)["components"].values())
+    result = json.loads(out)
+    assert all(c["changed"] == c["cast_only"] == 0 and c["unchanged"] == c["tensors"] > 0
+               for c in result["components"].values())
+    assert result["casts"] == {}
 
 
 def test_a_merged_export_is_not_merged_again(run, tmp_path, cli):

@@ -3,11 +3,13 @@ by component, against a classification written by hand for each family."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch.nn as nn
 
 from vlmsurgeon.freeze import apply_preset
-from vlmsurgeon.preset import builtin_names, freeze_preset, load_preset
+from vlmsurgeon.preset import builtin_names, builtin_text, freeze_preset, load_preset
 
 # Hand-written: which parameter-name prefixes make up each component, per tiny family.
 PREFIXES = {
@@ -144,5 +146,34 @@ def test_every_shipped_preset_is_documented():
     for name in builtin_names():
         text = builtin_text(name)
         assert text.startswith(f"# {name}:"), name
-        assert f"vlmsurgeon plan examples/qwen3-vl-235b-a22b --preset {name}" in text
+        comment = [line for line in text.splitlines() if line.startswith("#")]
+        tries = [line.split("#", 1)[1].strip() for line in comment if line.startswith("#   vlmsurgeon ")]
+        assert [t.split()[:2] for t in tries] == [["vlmsurgeon", "plan"], ["vlmsurgeon", "finetune"]], name
+        assert all(f"--preset {name}" in t for t in tries), name
         assert load_preset(name).name == name
+
+
+def test_no_shipped_preset_speaks_of_internal_sources(cli):
+    """The comments are for the user (`vlmsurgeon presets NAME` prints them), not notes on where
+    a recipe came from: no seed documents, no design file the package does not ship."""
+    for name in builtin_names():
+        code, out, _ = cli("presets", name)
+        assert code == 0 and out.startswith(f"# {name}:")
+        for word in ("seed", "DESIGN", "§"):
+            assert word.lower() not in out.lower(), (name, word)
+
+
+def test_absent_component_is_noted_only_where_the_user_named_it(tiny_models, cli, tmp_path):
+    """The built-in `full` lists audio for the models that have one: on LLaVA that is no news. The
+    same file as the user's own, or a --freeze naming audio, is worth a note."""
+    def absent(*args):
+        code, out, err = cli("plan", tiny_models("llava"), *args, "--json")
+        assert code == 0, err
+        return [n for n in json.loads(out)["notes"] if "not in this model" in n]
+
+    assert absent("--preset", "full") == []
+    mine = tmp_path / "mine.yaml"
+    mine.write_text(builtin_text("full"))
+    assert absent("--preset", mine) == ["audio is in the preset but not in this model"]
+    assert absent("--freeze", "vision,audio") == ["audio is in --freeze but not in this model"]
+    assert absent("--freeze", "vision") == []

@@ -49,6 +49,33 @@ def test_llava_tiny_probe_names_the_last_vision_layer_and_post_layernorm(tiny_mo
     assert "dead vision: 18 trainable tensor(s)" in " ".join(out.split())
 
 
+def test_plan_strict_exits_1_on_dead_parameters_and_0_when_none(tiny_models, cli):
+    """With --strict the plan is still printed in full; the exit code carries the verdict."""
+    code, out, err = cli("plan", tiny_models("llava"), "--freeze", "lm", "--probe", "--strict", "--json")
+    assert code == 1, err
+    assert json.loads(out)["probe"]["dead_trainable_count"] == 18  # the JSON is out before the verdict
+    assert err.strip().splitlines() == [
+        "vlmsurgeon: error: plan --strict: 18 trainable tensor(s) got no gradient (vision 18): "
+        "model.vision_tower.encoder.layers.1.*, model.vision_tower.post_layernorm.* "
+        "(try: freeze those parameters (a preset / --freeze), or drop --strict)"]
+    # lm-lora trains only the LM: every trainable tensor gets a gradient, so --strict passes
+    code, out, err = cli("plan", tiny_models("llava"), "--preset", "lm-lora", "--probe", "--strict")
+    assert code == 0, err
+    assert "dead" not in out and err == ""
+
+
+def test_plan_strict_without_probe_is_a_usage_error(tiny_models, cli, tmp_path):
+    code, out, err = cli("plan", tiny_models("llava"), "--preset", "full", "--strict")
+    assert code == 2 and out == ""
+    assert err.strip().splitlines() == [
+        "vlmsurgeon: error: plan --strict judges the gradient probe, and no probe was asked for "
+        "(try: add --probe (or probe: true in the config), or drop --strict)"]
+    config = tmp_path / "run.yaml"  # a probe asked for in the config counts
+    config.write_text(f"model: {tiny_models('llava')}\nfreeze: lm\nprobe: true\n")
+    code, _, err = cli("plan", "--config", config, "--strict")
+    assert code == 1 and "plan --strict: 18 trainable tensor(s)" in err
+
+
 def test_llava_1_5_default_config_layer_23_is_dead(tmp_path):
     """The real LLaVA-1.5 shape (24 CLIP layers, feature layer -2), from transformers' default."""
     full, result = _probe(save_config("llava", tmp_path), preset="full")

@@ -20,6 +20,7 @@ from . import fsutil
 from .components import ALL_COMPONENTS
 from .errors import BadInput, RuntimeFailure, VlmSurgeonError
 from .preset import load_preset, read_yaml
+from .report import human, percent
 
 COUNT_UNITS = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "T": 10**12}
 BYTE_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
@@ -79,6 +80,7 @@ class LimitResult:
     ok: bool
     entry: int = 0
     error: Optional[str] = None  # why the limit could not be checked
+    base: Optional[int] = None  # what a percent limit is a share of
 
     @property
     def status(self) -> str:
@@ -87,6 +89,34 @@ class LimitResult:
     def describe(self) -> str:
         sign = "<=" if self.limit.bound == "max" else ">="
         return f"{self.limit.key} {sign} {self.limit.text}"
+
+    @property
+    def edge(self) -> Optional[int]:
+        """The threshold as the last whole figure that passes (a percent of a count is fractional)."""
+        if self.threshold is None:
+            return None
+        threshold = round(self.threshold, 6)  # 20% of 100 is 20.000000000000004 in floats
+        return math.floor(threshold) if self.limit.bound == "max" else math.ceil(threshold)
+
+    @property
+    def margin(self) -> Optional[int]:
+        """How far the figure is inside its limit; negative: by how much it violates it."""
+        if self.figure is None or self.edge is None:
+            return None
+        return self.edge - self.figure if self.limit.bound == "max" else self.figure - self.edge
+
+    def amount(self, n: Optional[int], sep: str = " = ") -> str:
+        """A figure in the limit's own units: bytes, a share with its count, or a count."""
+        if n is None:
+            return "-"
+        if self.limit.key == "memory":
+            return human(n, "B")
+        return f"{percent(n, self.base or 0)}{sep}{n:,}" if self.limit.percent else f"{n:,}"
+
+    def limit_text(self, sep: str = " = ") -> str:
+        """`trainable <= 0.05% = 117,835,011`: a percent limit with the count it allows."""
+        edge = f"{sep}{self.edge:,}" if self.limit.percent and self.edge is not None else ""
+        return self.describe() + edge
 
 
 @dataclass
@@ -324,7 +354,7 @@ def check_budget(path: Path) -> BudgetResult:
             figure, base = _figure(limit.key, plan)
             threshold = limit.value * base if limit.percent else limit.value
             ok = figure <= threshold if limit.bound == "max" else figure >= threshold
-            result.results.append(LimitResult(name, limit, figure, threshold, ok, i))
+            result.results.append(LimitResult(name, limit, figure, threshold, ok, i, base=base))
     return result
 
 
@@ -360,8 +390,9 @@ def junit_xml(result: BudgetResult) -> bytes:
             if r.error is not None:
                 ET.SubElement(case, "error", type="NotChecked", message=r.error).text = r.error
             elif not r.ok:
-                message = (f"{r.limit.key} = {r.figure:,} violates {r.describe()} "
-                           f"(threshold {r.threshold:,.0f})")
+                side = "over" if r.limit.bound == "max" else "under"
+                message = (f"{r.limit.key} = {r.amount(r.figure)} violates {r.limit_text()} "
+                           f"({side} by {r.amount(-(r.margin or 0))})")
                 ET.SubElement(case, "failure", type="BudgetExceeded", message=message).text = message
         for e in lone:
             case = ET.SubElement(suite, "testcase", classname=f"budget.{model}",

@@ -14,21 +14,53 @@ from typing import Any, Optional
 import typer
 
 from . import __version__
-from .cli_try import quiet_libraries as _quiet_libraries, register as _register_try
+from .cli_ship import register as _register_ship
+from .cli_try import TRUST_HELP, quiet_libraries as _quiet_libraries, register as _register_try
 from .errors import VlmSurgeonError, offer_settings, withdraw_settings
 
+
+def _valueless_flags(params: list[Any]) -> list[Any]:
+    for param in params:
+        if getattr(param, "is_flag", False):
+            param.metavar = ""  # shown in the type column, where typer would print `<bool>`
+    return params
+
+
+class _Group(typer.core.TyperGroup):
+    """Every group of the app: a flag takes no value, so its help row shows no type (typer's rich
+    help prints `<bool>` after it, which reads as if the flag took one). Applied to each command
+    as it is looked up, so it holds however the app is run (main, CliRunner, python -m)."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _valueless_flags(super().get_params(ctx))
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        command = super().get_command(ctx, cmd_name)
+        if command is not None and not isinstance(command, typer.core.TyperGroup):
+            _valueless_flags([*command.params, command.get_help_option(ctx)])
+        return command
+
+
+def _default(value: object) -> str:
+    """A default that lives in RunOptions (the flag itself is None so that --config can set it),
+    written as typer writes its own; the bracket is escaped, rich would read it as markup."""
+    return f" \\[default: {value}]"
+
+
 app = typer.Typer(
-    add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+    cls=_Group, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
     help="Inspect, freeze, fine-tune (QLoRA), merge and guard vision-language models.",
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
 
-budget_app = typer.Typer(no_args_is_help=True, help="Parameter budgets for CI.")
+budget_app = typer.Typer(cls=_Group, no_args_is_help=True, help="Parameter budgets for CI.")
 app.add_typer(budget_app, name="budget")
-data_app = typer.Typer(no_args_is_help=True, help="Training data: validation and token statistics.")
+data_app = typer.Typer(cls=_Group, no_args_is_help=True, help="Training data: validation and token statistics.")
 app.add_typer(data_app, name="data")
 
+
+REVISION_HELP = "Hub revision: a branch, tag or commit."
 
 # How rows' media are found and sized: the same options for `finetune` and `data check`.
 MEDIA = {
@@ -61,8 +93,8 @@ def inspect(
     depth: int = typer.Option(4, "--depth", "-d", min=0, help="Tree depth to print."),
     as_json: bool = typer.Option(False, "--json", help="Print the breakdown as JSON only."),
     trust_remote_code: bool = typer.Option(
-        False, "--trust-remote-code", help="Allow code from the model repo (auto_map)."),
-    revision: Optional[str] = typer.Option(None, "--revision", help="Hub revision."),
+        False, "--trust-remote-code", help=TRUST_HELP),
+    revision: Optional[str] = typer.Option(None, "--revision", help=REVISION_HELP),
 ) -> None:
     """Module tree and parameters by component (vision, merger, lm, head), no weights needed."""
     _quiet_libraries()
@@ -98,9 +130,11 @@ def plan(
     model: Optional[str] = typer.Argument(None, help="Hub id, local model directory, or config.json."),
     preset: Optional[str] = typer.Option(None, "--preset", "-p", help="Built-in name or YAML file."),
     freeze: Optional[str] = typer.Option(None, "--freeze", help="Components to freeze, e.g. vision,merger."),
-    seq_len: Optional[int] = typer.Option(None, "--seq-len", help="Tokens per sample (text + image). [2048]"),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Samples per step. [1]"),
-    image_tokens: Optional[int] = typer.Option(None, "--image-tokens", help="Image tokens per sample. [256]"),
+    seq_len: Optional[int] = typer.Option(None, "--seq-len",
+                                          help="Tokens per sample (text + image)." + _default(2048)),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Samples per step." + _default(1)),
+    image_tokens: Optional[int] = typer.Option(None, "--image-tokens",
+                                               help="Image tokens per sample." + _default(256)),
     max_pixels: Optional[int] = typer.Option(None, "--max-pixels",
                                              help="Pixel budget per image (Qwen-style): sets the image tokens."),
     no_ckpt: bool = typer.Option(False, "--no-gradient-checkpointing", help="Estimate without it."),
@@ -108,28 +142,45 @@ def plan(
     as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON only."),
     probe: bool = typer.Option(False, "--probe", help="Run one backward pass on a narrow replica and name "
                                                       "the trainable parameters that get no gradient."),
-    trust_remote_code: bool = typer.Option(False, "--trust-remote-code"),
-    revision: Optional[str] = typer.Option(None, "--revision"),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help=TRUST_HELP),
+    revision: Optional[str] = typer.Option(None, "--revision", help=REVISION_HELP),
+    strict: bool = typer.Option(False, "--strict", help="With --probe: exit 1 when a trainable parameter "
+                                                        "gets no gradient (as finetune's --strict-grads)."),
+    quantize: Optional[str] = typer.Option(None, "--quantize", help="4bit or none, as finetune." + _default("4bit")),
+    gpus: Optional[int] = typer.Option(None, "--gpus", help="Scale-out: GPUs in the run (per-GPU memory)."),
+    strategy: Optional[str] = typer.Option(None, "--strategy", help="Scale-out: ddp, fsdp or zero3." + _default("ddp")),
+    gpu_memory: Optional[str] = typer.Option(None, "--gpu-memory",
+                                             help="Scale-out: memory of one GPU." + _default("80GiB")),
 ) -> None:
     """What would train, per component, and how much memory training needs. No weights needed."""
     _quiet_libraries()
+    from .errors import BadInput, CheckFailed
+    from .memory import scale_request
     from .plan import PlanSettings, plan_model
     from .render import print_json, print_plan
     from .runconfig import merge_options
 
     opts = merge_options(config, model=model, preset=preset, freeze=freeze, seq_len=seq_len,
                          batch_size=batch_size, image_tokens=image_tokens, max_pixels=max_pixels,
-                         gradient_checkpointing=False if no_ckpt else None)
+                         gradient_checkpointing=False if no_ckpt else None, quantize=quantize)
+    scale = scale_request(gpus, strategy, gpu_memory)
+    probe = probe or opts.probe
+    if strict and not probe:  # before the model is built: --strict alone would check nothing
+        raise BadInput("plan --strict judges the gradient probe, and no probe was asked for",
+                       "add --probe (or probe: true in the config), or drop --strict")
     from_pixels = opts.max_pixels if image_tokens is None else None  # an explicit --image-tokens wins
     settings = PlanSettings(opts.seq_len, opts.batch_size, opts.image_tokens, opts.gradient_checkpointing,
                             max_pixels=from_pixels)
     result = plan_model(opts.require_model(), preset=opts.preset, freeze=opts.freeze, settings=settings,
-                        trust_remote_code=trust_remote_code, revision=revision,
-                        probe=probe or opts.probe)
+                        trust_remote_code=trust_remote_code, revision=revision, probe=probe,
+                        quantize=opts.quantize, scale=scale)
     if as_json:
         print_json(result.to_json())
     else:
         print_plan(result)
+    if strict and result.probe.report.dead_count:  # like a budget violation: the plan is out, the check failed
+        raise CheckFailed(f"plan --strict: {result.probe.report.summary()}",
+                          "freeze those parameters (a preset / --freeze), or drop --strict")
 
 
 @app.command()
@@ -141,17 +192,25 @@ def finetune(
     freeze: Optional[str] = typer.Option(None, "--freeze", help="Components to freeze, e.g. vision."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="RUN.yaml with any of these options."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Optimizer steps (overrides --epochs)."),
-    epochs: Optional[float] = typer.Option(None, "--epochs", help="Passes over the data. [1]"),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate where the preset sets none. [2e-4]"),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Samples per device and step. [1]"),
-    grad_accum: Optional[int] = typer.Option(None, "--grad-accum", help="Gradient accumulation steps. [1]"),
-    seq_len: Optional[int] = typer.Option(None, "--seq-len", help="Max tokens per sample. [2048]"),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed. [0]"),
+    epochs: Optional[float] = typer.Option(None, "--epochs", help="Passes over the data." + _default(1)),
+    lr: Optional[float] = typer.Option(None, "--lr",
+                                       help="Learning rate where the preset sets none." + _default("2e-4")),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Samples per device and step." + _default(1)),
+    grad_accum: Optional[int] = typer.Option(None, "--grad-accum", help="Gradient accumulation steps." + _default(1)),
+    seq_len: Optional[int] = typer.Option(None, "--seq-len", help="Max tokens per sample." + _default(2048)),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed." + _default(0)),
     eval_data: Optional[str] = typer.Option(None, "--eval-data", help="Evaluation data, evaluated each epoch."),
     save_every: Optional[int] = typer.Option(None, "--save-every", help="Checkpoint every N steps."),
-    quantize: Optional[str] = typer.Option(None, "--quantize", help="4bit (NF4, default) or none (plain LoRA)."),
-    dtype: Optional[str] = typer.Option(None, "--dtype", help="auto (bf16 on GPU, fp32 on CPU), bf16, fp32."),
+    quantize: Optional[str] = typer.Option(None, "--quantize",
+                                           help="4bit (NF4) or none (plain LoRA)." + _default("4bit")),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="auto (bf16 on GPU, fp32 on CPU), bf16 or fp32."
+                                                              + _default("auto")),
     no_ckpt: bool = typer.Option(False, "--no-gradient-checkpointing", help="Turn gradient checkpointing off."),
+    no_chunked_loss: bool = typer.Option(False, "--no-chunked-loss",
+                                         help="Compute the loss from the full batch × seq × vocab logits "
+                                              "(without it: a few rows at a time, recomputed in backward)."),
+    offload_activations: bool = typer.Option(False, "--offload-activations",
+                                             help="GPU only: keep checkpointed layer inputs in pinned CPU memory."),
     skip_bad_rows: bool = typer.Option(False, "--skip-bad-rows", help="Train without the rows that fail validation."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the newest complete checkpoint."),
     resume_changed: Optional[str] = typer.Option(
@@ -160,7 +219,8 @@ def finetune(
     strict_grads: bool = typer.Option(False, "--strict-grads",
                                       help="Stop (exit 1) before the first optimizer step if a trainable "
                                            "parameter got no gradient, instead of warning."),
-    report_to: Optional[str] = typer.Option(None, "--report-to", help="tensorboard, wandb or none (the Trainer's own integrations)."),
+    report_to: Optional[str] = typer.Option(None, "--report-to", help="tensorboard, wandb or none (the Trainer's "
+                                                                      "own integrations)." + _default("none")),
     eval_generate: Optional[int] = typer.Option(None, "--eval-generate",
                                                 help="At each evaluation, generate for N --eval-data rows and log exact match, F1, ROUGE-L."),
     image_root: Optional[str] = MEDIA["image_root"],
@@ -169,9 +229,12 @@ def finetune(
     image_size: Optional[int] = MEDIA["image_size"],
     video_frames: Optional[int] = MEDIA["video_frames"],
     video_fps: Optional[float] = MEDIA["video_fps"],
-    trust_remote_code: bool = typer.Option(False, "--trust-remote-code"),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help=TRUST_HELP),
 ) -> None:
     """QLoRA fine-tuning: 4-bit NF4 base, LoRA and full components from the preset, checkpoints, resume."""
+    import time
+
+    started = time.monotonic()  # the whole command: checks, data pre-pass, loading, training
     _quiet_libraries()
     from .runconfig import merge_options
     from .train import finetune as run
@@ -181,103 +244,23 @@ def finetune(
                          seq_len=seq_len, seed=seed, eval_data=eval_data, save_every=save_every,
                          quantize=quantize, dtype=dtype, skip_bad_rows=skip_bad_rows or None,
                          gradient_checkpointing=False if no_ckpt else None,
+                         chunked_loss=False if no_chunked_loss else None,
+                         offload_activations=offload_activations or None,
                          strict_grads=strict_grads or None, image_root=image_root, max_pixels=max_pixels,
                          min_pixels=min_pixels, image_size=image_size, video_frames=video_frames,
                          video_fps=video_fps, report_to=report_to, eval_generate=eval_generate)
     result = run(opts, resume=resume, resume_changed=resume_changed, trust_remote_code=trust_remote_code)
+    if not result.main_process:
+        return
     loss = f", final loss {result.final_loss:.4f}" if result.final_loss is not None else ""
     skipped = f", skipped {result.skipped_rows} bad row(s)" if result.skipped_rows else ""
     print(f"{result.run_dir}: {result.global_step} steps{loss}{skipped}")
+    from .telemetry import done_line, say
+
+    say(done_line(time.monotonic() - started, result.run_dir))
 
 
-def _size(text: str) -> int:
-    from .budget import parse_amount
-
-    try:
-        return int(parse_amount(text.replace("iB", "IB"), "memory")[0])
-    except ValueError as exc:
-        from .errors import BadInput
-
-        raise BadInput(f"--max-shard-size {text}: {exc}", "e.g. --max-shard-size 2GB") from exc
-
-
-def _components(text: Optional[str]) -> Optional[list[str]]:
-    from .components import ALL_COMPONENTS
-    from .errors import BadInput
-
-    if text is None:
-        return None
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    unknown = [n for n in names if n not in ALL_COMPONENTS]
-    if unknown or not names:
-        raise BadInput(f"--only: unknown component(s) {', '.join(unknown) or '(none)'}",
-                       "valid: " + ", ".join(ALL_COMPONENTS))
-    return names
-
-
-@app.command()
-def merge(
-    source: Path = typer.Argument(..., help="Run directory (finetune -o) or a peft adapter directory."),
-    out: Path = typer.Option(..., "--out", "-o", help="Export directory (built beside it, renamed at the end)."),
-    base: Optional[str] = typer.Option(None, "--base", help="Base checkpoint (default: the run's base)."),
-    dtype: str = typer.Option("bf16", "--dtype", help="bf16, fp16 or fp32."),
-    target: str = typer.Option("dequantized", "--target",
-                               help="QLoRA runs: merge into the NF4-dequantized weights the adapter was "
-                                    "trained against (dequantized) or into the original weights (original)."),
-    max_shard_size: str = typer.Option("5GB", "--max-shard-size", help="Largest output shard."),
-    only: Optional[str] = typer.Option(None, "--only", help="Merge/export only these components, e.g. lm."),
-    adapter_only: bool = typer.Option(False, "--adapter-only", help="Export a (subset) adapter, not a checkpoint."),
-    verify: bool = typer.Option(False, "--verify", help="Probe the export against the model as trained."),
-    force: bool = typer.Option(False, "--force", help="Replace an existing OUT folder (never a file)."),
-) -> None:
-    """Merge adapters into the base and export a checkpoint that plain transformers loads."""
-    _quiet_libraries()
-    from .errors import BadInput, CheckFailed
-    from .merge import DTYPES, TARGETS, MergePlan, export_adapter, load_trained, merge as run_merge
-
-    if dtype not in DTYPES:
-        raise BadInput(f"--dtype {dtype}: unknown", "one of " + ", ".join(DTYPES))
-    if target not in TARGETS:
-        raise BadInput(f"--target {target}: unknown", "one of " + ", ".join(TARGETS))
-    components = _components(only)
-    if adapter_only:
-        if not components:
-            raise BadInput("--adapter-only needs --only", "e.g. --adapter-only --only lm")
-        print(json.dumps(export_adapter(source, out, components, base=base, force=force)))
-        return
-    plan = MergePlan(target=target, dtype=dtype, only=components, max_shard_bytes=_size(max_shard_size))
-    summary = run_merge(source, out, base=base, plan=plan, force=force)
-    print(f"{out}: merged {summary['lora_modules_merged']} LoRA modules and {summary['full_tensors']} "
-          f"trained tensors into the {summary['target']} weights, {summary['shards']} shard(s), {dtype}")
-    if verify:
-        from .verify import verify as run_verify
-
-        verdict = run_verify(out, load_trained(source, base), dtype, summary["target"])
-        trained = f"{verdict.vs_trained:.3g}" if verdict.vs_trained is not None else "n/a (not a QLoRA run)"
-        print(f"verify: max |Δlogit| vs model as trained: {trained}; vs original base + adapter: "
-              f"{verdict.vs_original:.3g} (tolerance {verdict.tolerance:g} × {verdict.scale:.3g}, "
-              f"checked against the {verdict.gate} model)")
-        if not verdict.ok:
-            raise CheckFailed("verify: the export does not reproduce the trained model within tolerance",
-                              "compare --target dequantized/original, or export --dtype fp32")
-
-
-@app.command()
-def diff(
-    a: Path = typer.Argument(..., help="Checkpoint (or run directory)."),
-    b: Path = typer.Argument(..., help="Checkpoint or run directory."),
-    as_json: bool = typer.Option(False, "--json", help="Print the diff as JSON only."),
-) -> None:
-    """What changed between two checkpoints (or a checkpoint and a run), per component."""
-    _quiet_libraries()
-    from .diff import diff as run_diff
-    from .render import diff_table, make_console, print_json
-
-    result = run_diff(a, b)
-    if as_json:
-        print_json(result.to_json())
-    else:
-        make_console().print(diff_table(result))
+_register_ship(app)  # merge, diff, tiny
 
 
 @data_app.command("check")
@@ -363,32 +346,6 @@ def budget_check(
         write_junit(result, junit)
     if result.exit_code:
         raise typer.Exit(result.exit_code)
-
-
-@app.command()
-def tiny(
-    model_type: Optional[str] = typer.Argument(None, help="Family, e.g. qwen2_vl, llava, paligemma."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Directory to write (must not exist)."),
-    seed: int = typer.Option(0, "--seed", help="Random seed for the weights."),
-    list_families: bool = typer.Option(False, "--list", help="List the families tiny builds."),
-) -> None:
-    """Write a tiny random-weight VLM with a working processor, built offline (for tests/CI)."""
-    from .errors import BadInput
-
-    if list_families:
-        from .render import print_families
-        from .tiny_families import FAMILIES
-
-        print_families(FAMILIES)
-        return
-    if model_type is None or out is None:
-        raise BadInput("tiny: give a family and -o DIR, or --list", "e.g. vlmsurgeon tiny qwen2_vl -o tiny-qwen")
-    _quiet_libraries()
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # a bar for a sub-second save is noise
-    from .tiny import build_tiny
-
-    path = build_tiny(model_type, out, seed=seed)
-    print(path)
 
 
 _register_try(app)  # generate, chat, eval

@@ -12,14 +12,9 @@ from typing import Any, Optional
 import typer
 
 from .errors import VlmSurgeonError
+from .quiet import quiet_libraries
 
-
-def quiet_libraries() -> None:
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-    import warnings
-
-    warnings.filterwarnings("ignore")
+TRUST_HELP = "Allow code from the model repo (auto_map)."
 
 
 def generate(
@@ -31,7 +26,7 @@ def generate(
     temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="0: greedy; above 0: sampling."),
     base: Optional[str] = typer.Option(None, "--base", help="Base model of a bare peft adapter."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object with the answer and counts."),
-    trust_remote_code: bool = typer.Option(False, "--trust-remote-code"),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help=TRUST_HELP),
 ) -> None:
     """Ask a model, a run (as trained) or an export about an image: the answer on stdout."""
     quiet_libraries()
@@ -63,7 +58,7 @@ def chat(
     base: Optional[str] = typer.Option(None, "--base", help="Base model of a bare peft adapter."),
     max_new_tokens: int = typer.Option(128, "--max-new-tokens", min=1, help="Most tokens per answer."),
     temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="0: greedy; above 0: sampling."),
-    trust_remote_code: bool = typer.Option(False, "--trust-remote-code"),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help=TRUST_HELP),
 ) -> None:
     """Talk to a model: a line is a turn; /image PATH attaches an image to the next, /reset, /exit."""
     quiet_libraries()
@@ -114,7 +109,7 @@ def eval_(
                                                                  "report.json, report.html); must not exist."),
     image_root: Optional[str] = typer.Option(None, "--image-root", help="Folder that relative media paths start from."),
     as_json: bool = typer.Option(False, "--json", help="Print totals and per-row results as one JSON object."),
-    trust_remote_code: bool = typer.Option(False, "--trust-remote-code"),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help=TRUST_HELP),
 ) -> None:
     """Generation metrics (exact match, token F1, ROUGE-L) on a dataset; with --compare, before/after."""
     quiet_libraries()

@@ -1,6 +1,7 @@
-"""`diff A B`: what changed, per component — tensors compared and changed, max |Δ|, relative
-Frobenius change. A and B are checkpoints or run directories (a run is its base with the run's
-changes applied). Streaming: one tensor of each side in memory at a time."""
+"""`diff A B`: what changed, per component — tensors changed, cast only (B is A rounded to
+B's dtype, or A is B rounded to A's: an export's dtype, not training), unchanged; max |Δ| and
+relative Frobenius change of the changed ones. A and B are checkpoints or run directories (a run
+is its base with the run's changes applied). Streaming: one tensor of each side in memory at a time."""
 
 from __future__ import annotations
 
@@ -85,10 +86,18 @@ def open_source(path: Path) -> Any:
     return CheckpointSource(path)
 
 
+_SHORT_DTYPES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16", "float64": "fp64"}
+
+
 @dataclass
 class ComponentDiff:
     compared: int = 0
     changed: int = 0
+    changed_params: int = 0
+    cast_only: int = 0
+    cast_only_params: int = 0
+    cast_max_abs: float = 0.0
+    unchanged: int = 0
     max_abs: float = 0.0
     sq_delta: float = 0.0
     sq_base: float = 0.0
@@ -97,6 +106,13 @@ class ComponentDiff:
     @property
     def relative(self) -> float:
         return math.sqrt(self.sq_delta) / math.sqrt(self.sq_base) if self.sq_base else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"tensors": self.compared, "changed": self.changed, "max_abs_change": self.max_abs,
+                "relative_frobenius": self.relative, "changed_tensors": self.changed_names[:20],
+                "changed_params": self.changed_params, "cast_only": self.cast_only,
+                "cast_only_params": self.cast_only_params, "cast_max_abs_change": self.cast_max_abs,
+                "unchanged": self.unchanged}
 
 
 @dataclass
@@ -107,18 +123,68 @@ class DiffResult:
     only_in_a: list[str]
     only_in_b: list[str]
     shape_mismatch: list[str]
+    casts: dict[str, int] = field(default_factory=dict)  # "float32->bfloat16": cast-only tensors
 
     def to_json(self) -> dict[str, Any]:
         return {"a": self.a, "b": self.b, "only_in_a": self.only_in_a, "only_in_b": self.only_in_b,
-                "shape_mismatch": self.shape_mismatch,
-                "components": {c: {"tensors": d.compared, "changed": d.changed, "max_abs_change": d.max_abs,
-                                   "relative_frobenius": d.relative, "changed_tensors": d.changed_names[:20]}
-                               for c, d in self.components.items()}}
+                "shape_mismatch": self.shape_mismatch, "casts": self.casts,
+                "components": {c: d.to_json() for c, d in self.components.items()}}
+
+    def cast_note(self) -> str | None:
+        """One line when tensors differ only by a dtype cast (they are not counted as changed)."""
+        if not self.casts:
+            return None
+        tensors = sum(c.cast_only for c in self.components.values())
+        largest = max(c.cast_max_abs for c in self.components.values())
+        pairs = []
+        for pair, count in self.casts.items():
+            a, b = (_SHORT_DTYPES.get(x, x) for x in pair.split("->"))
+            pairs.append(f"{a} → {b}" + (f" ({count})" if len(self.casts) > 1 else ""))
+        return (f"cast only: {tensors} tensors differ only by the {', '.join(pairs)} rounding "
+                f"(max |Δ| {largest:.3g})")
+
+
+def classify(ta: Any, tb: Any) -> str:
+    """One of unchanged (same dtype, same values), cast (the narrower side is the other rounded
+    to its dtype, bit for bit) or changed. A trained change smaller than the rounding is lost
+    in a narrower export, so such a tensor is rightly cast, not changed."""
+    import torch
+
+    if ta.dtype == tb.dtype:
+        return "unchanged" if torch.equal(ta, tb) else "changed"
+    if torch.equal(ta.to(tb.dtype), tb) or torch.equal(tb.to(ta.dtype), ta):
+        return "cast"
+    return "changed"
+
+
+def _record(result: DiffResult, stats: ComponentDiff, name: str, ta: Any, tb: Any) -> None:
+    import torch
+
+    kind = classify(ta, tb)
+    wide = torch.promote_types(ta.dtype, tb.dtype)
+    wide = wide if wide.is_floating_point else torch.float64
+    base = ta.to(wide)
+    stats.sq_base += float(base.pow(2).sum())
+    if kind == "unchanged":
+        stats.unchanged += 1
+        return
+    delta = tb.to(wide) - base
+    largest = float(delta.abs().max()) if delta.numel() else 0.0
+    if kind == "cast":
+        stats.cast_only += 1
+        stats.cast_only_params += ta.numel()
+        stats.cast_max_abs = max(stats.cast_max_abs, largest)
+        pair = f"{str(ta.dtype).removeprefix('torch.')}->{str(tb.dtype).removeprefix('torch.')}"
+        result.casts[pair] = result.casts.get(pair, 0) + 1
+        return
+    stats.changed += 1
+    stats.changed_params += ta.numel()
+    stats.changed_names.append(name)
+    stats.max_abs = max(stats.max_abs, largest)
+    stats.sq_delta += float(delta.pow(2).sum())
 
 
 def diff(a_path: Path, b_path: Path) -> DiffResult:
-    import torch
-
     from .freeze import _component_map, _owner, classified_tree
 
     a, b = open_source(a_path), open_source(b_path)
@@ -127,19 +193,10 @@ def diff(a_path: Path, b_path: Path) -> DiffResult:
     result = DiffResult(str(a_path), str(b_path), {}, sorted(names_a - names_b), sorted(names_b - names_a), [])
     for name in sorted(names_a & names_b):
         ta, tb = a.get(name), b.get(name)
-        comp = _owner(name, component_of)
-        stats = result.components.setdefault(comp, ComponentDiff())
+        stats = result.components.setdefault(_owner(name, component_of), ComponentDiff())
         stats.compared += 1
         if ta.shape != tb.shape:
             result.shape_mismatch.append(name)
             continue
-        if torch.equal(ta, tb.to(ta.dtype)) and ta.dtype == tb.dtype:
-            stats.sq_base += float(ta.float().pow(2).sum())
-            continue
-        delta = tb.float() - ta.float()
-        stats.changed += 1
-        stats.changed_names.append(name)
-        stats.max_abs = max(stats.max_abs, float(delta.abs().max()))
-        stats.sq_delta += float(delta.pow(2).sum())
-        stats.sq_base += float(ta.float().pow(2).sum())
+        _record(result, stats, name, ta, tb)
     return result

@@ -93,11 +93,11 @@ def _model(reference: str | Path, dtype: Any, device: str, trust_remote_code: bo
 def _trained(source: Path, base: str | None, dtype: Any, device: str) -> tuple[Any, Any, bool]:
     """A run or adapter loaded the way it trained: the QLoRA base in 4-bit NF4, then the
     adapter and trained components (verify's loader), and the run's own processor."""
-    from .provenance import PROCESSOR_DIR
+    from .provenance import PROCESSOR_DIR, run_base
     from .trained import load_trained
     from .verify import as_trained_quantization, with_adapter
 
-    trained = load_trained(source, base)
+    trained = load_trained(source, base or run_base(source))
     quant = as_trained_quantization(trained, dtype)
     kwargs: dict[str, Any] = {"quantization_config": quant} if quant is not None else {}
     if quant is not None and device == "cuda":

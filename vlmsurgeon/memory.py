@@ -1,12 +1,13 @@
-"""Training-memory estimate (bytes) from parameter figures and a few config dimensions.
-Pure arithmetic; the formula is written out in the README ("Memory estimate")."""
+"""Training-memory estimate (bytes) from parameter figures and a few config dimensions, and its
+per-GPU share under ddp/fsdp/zero3. Pure arithmetic; the formulas are in the README ("Memory
+estimate", "Scale-out")."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .report import NF4_BITS
+from .report import NF4_BITS, human
 
 LORA_BYTES = 4  # peft keeps adapters in fp32 (autocast_adapter_dtype)
 HALF = 2  # bf16
@@ -142,3 +143,118 @@ def vision_dims(config: Any) -> tuple[Dims | None, int]:
     elif isinstance(ratio, float) and 0 < ratio < 1:
         merge = round(1 / (ratio * ratio))
     return Dims(hidden, mlp, layers), merge
+
+
+STRATEGIES = ("ddp", "fsdp", "zero3")
+
+
+def gib(n: float) -> str:
+    return human(n, "B")
+
+
+@dataclass(frozen=True)
+class ScaleRequest:
+    """`plan --gpus N --strategy S --gpu-memory M`, validated."""
+
+    strategy: str = "ddp"
+    gpus: int = 1
+    gpu_memory: int = 80 * 2**30
+
+
+def scale_request(gpus: int | None, strategy: str | None, gpu_memory: str | None) -> ScaleRequest | None:
+    """None when no scale-out option was given; BadInput for a bad value."""
+    from .budget import parse_amount
+    from .errors import BadInput
+
+    if gpus is None and strategy is None and gpu_memory is None:
+        return None
+    if gpus is not None and gpus < 1:
+        raise BadInput(f"--gpus {gpus}: a run needs at least one GPU", "e.g. --gpus 8")
+    if strategy is not None and strategy not in STRATEGIES:
+        raise BadInput(f"--strategy '{strategy}': unknown strategy", "one of " + ", ".join(STRATEGIES))
+    memory = ScaleRequest.gpu_memory
+    if gpu_memory is not None:
+        text = str(gpu_memory).strip()
+        try:
+            value, _ = parse_amount(text, "memory")
+        except ValueError as exc:
+            raise BadInput(f"--gpu-memory '{gpu_memory}': {exc}", "e.g. --gpu-memory 80GiB") from exc
+        if text[-1:].isdigit() or value < 1:
+            raise BadInput(f"--gpu-memory '{gpu_memory}': give a positive size with its unit",
+                           "e.g. --gpu-memory 80GiB (or 80GB)")
+        memory = int(value)
+    return ScaleRequest(strategy or "ddp", gpus or 1, memory)
+
+
+@dataclass(frozen=True)
+class ScaleOut:
+    """Per-GPU memory of a data-parallel run. ddp: every GPU holds the whole single-GPU estimate.
+    fsdp/zero3: weights, adapters, gradients and optimizer states sharded 1/N (4-bit storage
+    included, as FSDP-QLoRA does), plus the largest unit gathered whole, plus the activations and
+    logits of each GPU's own micro-batch (never sharded)."""
+
+    strategy: str
+    gpus: int
+    gpu_memory_bytes: int
+    state_bytes: int  # weights + adapters + gradients + optimizer, single-GPU figures
+    gathered_bytes: int  # largest unit, whole (fsdp/zero3 only)
+    gathered_unit: str
+    activation_bytes: int  # activations + logits of one micro-batch
+
+    def per_gpu(self, gpus: int) -> int:
+        if self.strategy == "ddp":
+            return self.state_bytes + self.activation_bytes
+        return -(-self.state_bytes // gpus) + self.gathered_bytes + self.activation_bytes
+
+    @property
+    def per_gpu_bytes(self) -> int:
+        return self.per_gpu(self.gpus)
+
+    @property
+    def fits(self) -> bool:
+        return self.per_gpu_bytes <= self.gpu_memory_bytes
+
+    @property
+    def gpus_needed(self) -> int | None:
+        """Smallest N whose per-GPU figure fits; None when no N does."""
+        if self.strategy == "ddp":
+            return 1 if self.per_gpu(1) <= self.gpu_memory_bytes else None
+        # ceil(state / N) <= room  <=>  N >= state / room
+        room = self.gpu_memory_bytes - self.gathered_bytes - self.activation_bytes
+        if room <= 0:
+            return 1 if room == 0 and not self.state_bytes else None
+        return max(1, -(-self.state_bytes // room))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"strategy": self.strategy, "gpus": self.gpus, "per_gpu_bytes": self.per_gpu_bytes,
+                "gpu_memory_bytes": self.gpu_memory_bytes, "fits": self.fits, "gpus_needed": self.gpus_needed,
+                "state_bytes": self.state_bytes, "gathered_bytes": self.gathered_bytes,
+                "gathered_unit": self.gathered_unit, "activation_bytes": self.activation_bytes}
+
+    def describe(self) -> str:
+        if self.strategy == "ddp":
+            parts = f"everything on every GPU: state {gib(self.state_bytes)}"
+        else:
+            parts = (f"state {gib(self.state_bytes)} / {self.gpus} + largest unit gathered "
+                     f"{gib(self.gathered_bytes)} ({self.gathered_unit})")
+        needed, size = self.gpus_needed, gib(self.gpu_memory_bytes)
+        if needed is not None:
+            need = f"needs {needed} GPU(s) of {size}"
+        elif self.strategy == "ddp":
+            need = "does not fit at any N (ddp keeps everything on every GPU; try fsdp or zero3)"
+        else:
+            need = (f"does not fit at any N (the gathered unit, activations and logits alone need "
+                    f"{gib(self.gathered_bytes + self.activation_bytes)})")
+        return (f"{self.strategy} on {self.gpus} GPU(s): {gib(self.per_gpu_bytes)} per GPU ({parts} + "
+                f"activations and logits {gib(self.activation_bytes)}): "
+                f"{'fits' if self.fits else 'does not fit'} in {size}; {need}")
+
+
+def scale_out(memory: Estimate, request: ScaleRequest, gathered: tuple[str, int],
+              checkpointing: bool = True) -> ScaleOut:
+    activations = memory.activations if checkpointing else memory.activations_no_ckpt
+    state = memory.weights + memory.adapters + memory.gradients + memory.optimizer
+    sharded = request.strategy != "ddp"
+    return ScaleOut(request.strategy, request.gpus, request.gpu_memory, state,
+                    gathered[1] if sharded else 0, gathered[0] if sharded else "",
+                    activations + memory.logits)

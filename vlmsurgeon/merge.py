@@ -8,17 +8,17 @@ import os
 import re
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from .errors import BadInput
 from .fsutil import clean_leftovers, honour_umask, publish
-from .provenance import PROCESSOR_DIR, versions
+from .provenance import PROCESSOR_DIR, adapter_origin, run_base, versions
+from .shards import DTYPES, ITEMSIZE, TensorReader, numel, shard_plan, write_shards
 from .sources import read_header, read_json
 from .trained import Trained, base_files, key_map, load_tensors, load_trained, missing_artifacts, record_field
 
-DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 TARGETS = ("dequantized", "original")
 _WEIGHT_FILES = re.compile(r"(\.safetensors|\.bin|\.safetensors\.index\.json|\.bin\.index\.json)$")
 STAGING = ".{name}.merge-*"  # the export being built beside OUT, and the old OUT while it is swapped
@@ -52,7 +52,7 @@ def nf4_roundtrip(weight: Any, dtype: Any) -> Any:
 
 @dataclass
 class MergePlan:
-    target: str = "dequantized"
+    target: str | None = None  # None: dequantized where the base is known to be 4-bit, else original
     dtype: str = "bf16"
     only: list[str] | None = None
     max_shard_bytes: int = 5 * 10**9
@@ -87,106 +87,6 @@ def merged_tensors(trained: Trained, order: list[tuple[Path, str]], plan: MergeP
                 if tensor.is_floating_point():
                     tensor = tensor.to(out_dtype)
                 yield disk_key, tensor.contiguous()
-
-
-class TensorReader:
-    """Reads one tensor at a time with plain reads (safe_open maps the whole file, and every
-    page it touches stays in the process's resident set until the file is closed)."""
-
-    def __init__(self, path: Path) -> None:
-        self.header = read_header(path)
-        self.file = path.open("rb")
-        self.start = 8 + int.from_bytes(self.file.read(8), "little")
-
-    def get(self, name: str) -> Any:
-        import torch
-
-        entry = self.header[name]
-        begin, end = entry["data_offsets"]
-        buffer = bytearray(end - begin)
-        self.file.seek(self.start + begin)
-        self.file.readinto(buffer)
-        dtype = getattr(torch, _TORCH_DTYPES[entry["dtype"]])
-        if not buffer:
-            return torch.empty(entry["shape"], dtype=dtype)
-        return torch.frombuffer(buffer, dtype=dtype).reshape(entry["shape"])
-
-    def __enter__(self) -> "TensorReader":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.file.close()
-
-
-_ST_DTYPES = {"float32": "F32", "bfloat16": "BF16", "float16": "F16", "float64": "F64", "int64": "I64",
-              "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL"}
-_ITEMSIZE = {"F32": 4, "BF16": 2, "F16": 2, "F64": 8, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
-_FLOATS = ("F32", "BF16", "F16", "F64")
-_TORCH_DTYPES = {v: k for k, v in _ST_DTYPES.items()}
-
-
-def shard_plan(layout: list[tuple[str, tuple[int, ...], str]], out_dtype: str, max_bytes: int) -> list[list[tuple[str, tuple[int, ...], str]]]:
-    """Group (name, shape, stored dtype) into output shards by size, from headers alone."""
-    target = _ST_DTYPES[DTYPES[out_dtype]]
-    shards: list[list[tuple[str, tuple[int, ...], str]]] = [[]]
-    size = 0
-    for name, shape, dtype in layout:
-        dtype = target if dtype in _FLOATS else dtype
-        nbytes = _ITEMSIZE[dtype] * _numel(shape)
-        if shards[-1] and size + nbytes > max_bytes:
-            shards.append([])
-            size = 0
-        shards[-1].append((name, shape, dtype))
-        size += nbytes
-    return shards
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for dim in shape:
-        n *= dim
-    return n
-
-
-def write_shards(tensors: Iterator[tuple[str, Any]], plan: list[list[tuple[str, tuple[int, ...], str]]],
-                 out: Path) -> dict[str, str]:
-    """Write the planned shards tensor by tensor: each file's header is known in advance, so
-    no more than one tensor is held at a time (safetensors' save_file would buffer a shard)."""
-    import struct
-
-    weight_map: dict[str, str] = {}
-    total = len(plan)
-    for i, entries in enumerate(plan, start=1):
-        final = "model.safetensors" if total == 1 else f"model-{i:05d}-of-{total:05d}.safetensors"
-        header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
-        offset = 0
-        for name, shape, dtype in entries:
-            nbytes = _ITEMSIZE[dtype] * _numel(shape)
-            header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
-            offset += nbytes
-        raw = json.dumps(header, separators=(",", ":")).encode()
-        raw += b" " * (-len(raw) % 8)
-        part = out / f".part-{i:05d}.safetensors"
-        with part.open("wb") as fh:
-            fh.write(struct.pack("<Q", len(raw)) + raw)
-            for name, shape, dtype in entries:
-                key, tensor = next(tensors)
-                if key != name or tuple(tensor.shape) != tuple(shape) or _ST_DTYPES[str(tensor.dtype)[6:]] != dtype:
-                    raise RuntimeError(f"merge: {key} does not match the planned {name} {shape} {dtype}")
-                fh.write(memoryview(tensor.contiguous().reshape(-1).view(torch_uint8()).numpy()))
-                del tensor
-        part.rename(out / final)
-        weight_map.update({name: final for name, _, _ in entries})
-    if total > 1:
-        (out / "model.safetensors.index.json").write_text(
-            json.dumps({"metadata": {}, "weight_map": weight_map}, indent=2))
-    return weight_map
-
-
-def torch_uint8() -> Any:
-    import torch
-
-    return torch.uint8
 
 
 def copy_side_files(trained: Trained, out: Path, dtype: str) -> None:
@@ -266,15 +166,14 @@ def merge(source: Path, out: Path, *, base: str | None = None, plan: MergePlan =
     from .freeze import classified_tree, _component_map, _owner
 
     check_output(out, force)
-    trained = load_trained(source, base)
+    trained, origin = load_source(source, base)
     _require_changes(source, trained)
     located = _base_layout(base_files(trained.base))
     layout = [(k, shape, dtype) for _, k, shape, dtype in located]
     keys, meta, model = key_map(trained.base, [k for k, _, _ in layout])
     check_fit(trained, meta)
-    plan.compute_dtype = {"bf16": "bfloat16", "fp32": "float32"}.get(
-        str(record_field(trained.record, "training", "compute_dtype") or "fp32"), "float32")
     component_of = _component_map(classified_tree(model, model.config.model_type))
+    plan = _resolve(plan, trained, origin, lambda n: _owner(n, component_of))
     counts = _selected(trained, plan.only, lambda n: _owner(n, component_of))
     changed = set(trained.full) | {f"{m}.weight" for m in trained.lora}
     missing = sorted(changed - set(keys.values()))
@@ -288,11 +187,54 @@ def merge(source: Path, out: Path, *, base: str | None = None, plan: MergePlan =
         weight_map = write_shards(tensors, shard_plan(layout, plan.dtype, plan.max_shard_bytes), staging)
         copy_side_files(trained, staging, plan.dtype)
         summary = _provenance(trained, plan, staging, weight_map, counts)
+        summary["adapter_base"] = None if trained.run_dir else origin
         commit(staging, out, force)
     except BaseException:
         _remove(staging)
         raise
     return summary
+
+
+def load_source(source: Path, base: str | None) -> tuple[Trained, dict[str, Any]]:
+    """The run or bare adapter, its base found from any directory, and what a bare adapter's own
+    files say about the base it trained on (provenance.adapter_origin; for a run, its record)."""
+    trained = load_trained(source, base or run_base(source))
+    if trained.run_dir is not None:
+        return trained, {"base": "4bit" if trained.quantized_components else "unquantized",
+                         "quantized": trained.quantized_components, "from": str(trained.run_dir)}
+    assert trained.adapter_dir is not None
+    origin = adapter_origin(trained.adapter_dir)
+    trained.quantized_components = list(origin["quantized"] or [])
+    return trained, origin
+
+
+def _resolve(plan: MergePlan, trained: Trained, origin: dict[str, Any], owner: Callable[[str], str]) -> MergePlan:
+    """--target as given, else dequantized where the base is known to be 4-bit. A 4-bit base whose
+    quantized components are not recorded (or --target dequantized on an adapter of unknown origin):
+    the components its LoRA modules sit in, as a QLoRA base quantizes the linear layers LoRA wraps."""
+    four_bit = origin["base"] == "4bit" or (origin["base"] == "unknown" and plan.target == "dequantized")
+    if four_bit and not trained.quantized_components:
+        trained.quantized_components = sorted({owner(f"{m}.weight") for m in trained.lora})
+    target = (plan.target or "dequantized") if trained.quantized_components else "original"
+    compute = record_field(trained.record, "training", "compute_dtype") or origin.get("compute_dtype") or "fp32"
+    return replace(plan, target=target,
+                   compute_dtype={"bf16": "bfloat16", "fp32": "float32"}.get(str(compute), "float32"))
+
+
+def adapter_warning(source: Path, summary: dict[str, Any]) -> str | None:
+    """One line for a bare adapter merged without its run: which weights it went into, and what
+    --target chooses, unless its files say its base was not quantized."""
+    origin = summary.get("adapter_base")
+    if not origin or origin["base"] == "unquantized":
+        return None
+    choice = ("--target dequantized merges into the NF4-dequantized weights it was trained against "
+              "(reproduces the model as trained); --target original into the unquantized weights "
+              "(differs from training by the 4-bit rounding error, often more than the adapter's change)")
+    if origin["base"] == "4bit":
+        return (f"adapter '{source}' was trained on a 4-bit NF4 base (says {origin['from']}): merged into the "
+                f"{summary['target']} weights. {choice}")
+    return (f"cannot tell whether adapter '{source}' was trained on a 4-bit (QLoRA) base: its files do not "
+            f"say; merged into the {summary['target']} weights. {choice}")
 
 
 def _require_changes(source: Path, trained: Trained) -> None:
@@ -315,36 +257,38 @@ def _base_layout(files: list[Path]) -> list[tuple[Path, str, tuple[int, ...], st
             if key == "__metadata__":
                 continue
             shape, dtype, (begin, end) = tuple(entry["shape"]), entry["dtype"], entry["data_offsets"]
-            if dtype not in _ITEMSIZE:
+            if dtype not in ITEMSIZE:
                 raise BadInput(f"{path}: tensor {key} is stored as {dtype}, which merge does not handle",
                                "merge into a checkpoint saved in bf16, fp16 or fp32")
-            if end - begin != _ITEMSIZE[dtype] * _numel(shape):
+            if end - begin != ITEMSIZE[dtype] * numel(shape):
                 raise BadInput(f"{path}: corrupt safetensors header ({key} spans {end - begin} bytes, its "
-                               f"shape {list(shape)} in {dtype} needs {_ITEMSIZE[dtype] * _numel(shape)})",
+                               f"shape {list(shape)} in {dtype} needs {ITEMSIZE[dtype] * numel(shape)})",
                                "re-download or re-save the file")
             located.append((path, key, shape, dtype))
     return located
 
 
-def _selected(trained: Trained, only: list[str] | None, owner: Callable[[str], str]) -> tuple[int, int]:
-    """(LoRA modules, trained tensors) that --only keeps; keeping none is an error, not a copy
-    of the base."""
-    lora = [m for m in trained.lora if only is None or owner(f"{m}.weight") in only]
-    full = [n for n in trained.full if only is None or owner(n) in only]
-    if lora or full:
-        return len(lora), len(full)
+def _selected(trained: Trained, only: list[str] | None, owner: Callable[[str], str]) -> dict[str, dict[str, int]]:
+    """LoRA modules and trained tensors that --only keeps, by component; keeping none is an
+    error, not a copy of the base."""
+    lora = [owner(f"{m}.weight") for m in trained.lora]
+    full = [owner(n) for n in trained.full]
+    kept = sorted({c for c in lora + full if only is None or c in only})
+    if kept:
+        return {c: {"lora_modules": lora.count(c), "full_tensors": full.count(c)} for c in kept}
     changed = sorted({owner(n) for n in [*trained.full, *(f"{m}.weight" for m in trained.lora)]})
     raise BadInput(f"--only {','.join(only or [])}: nothing was trained there (the run changed "
                    f"{', '.join(changed)})", f"--only {','.join(changed)}")
 
 
 def _provenance(trained: Trained, plan: MergePlan, out: Path, weight_map: dict[str, str],
-                counts: tuple[int, int]) -> dict[str, Any]:
-    lora, full = counts
+                counts: dict[str, dict[str, int]]) -> dict[str, Any]:
+    lora = sum(c["lora_modules"] for c in counts.values())
+    full = sum(c["full_tensors"] for c in counts.values())
     record = {
         "vlmsurgeon_merge": {"source": str(trained.run_dir or trained.adapter_dir), "base": str(trained.base),
-                             "target": plan.target if trained.quantized_components else "original",
-                             "dtype": plan.dtype, "only": plan.only,
+                             "target": plan.target, "quantized_components": trained.quantized_components,
+                             "dtype": plan.dtype, "only": plan.only, "components": counts,
                              "lora_modules_merged": lora, "full_tensors": full,
                              "shards": len(set(weight_map.values()))},
         "run": trained.record or None, "versions": versions(),
@@ -370,7 +314,7 @@ def export_adapter(source: Path, out: Path, only: list[str], *, base: str | None
     from .inspection import meta_model
 
     check_output(out, force)
-    trained = load_trained(source, base)
+    trained, origin = load_source(source, base)
     if not trained.adapter_dir:
         raise BadInput(f"'{source}' has no peft adapter to export", "merge it instead (without --adapter-only)")
     _, model = meta_model(str(trained.base))
@@ -390,7 +334,10 @@ def export_adapter(source: Path, out: Path, only: list[str], *, base: str | None
         save_file(keep, str(staging / "adapter_model.safetensors"), metadata={"format": "pt"})
         (staging / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
         summary = {"source": str(source), "only": only, "lora_modules": len(modules), "tensors": len(keep)}
-        (staging / "vlmsurgeon.json").write_text(json.dumps({"vlmsurgeon_adapter_subset": summary,
+        # the subset keeps what its base was, for a later merge of it (adapter_origin reads this)
+        known = {"quantize": {"4bit": "4bit-nf4-double-quant", "unquantized": "none"}[origin["base"]],
+                 "quantized_components": origin["quantized"]} if origin["base"] != "unknown" else {}
+        (staging / "vlmsurgeon.json").write_text(json.dumps({"vlmsurgeon_adapter_subset": {**summary, **known},
                                                              "versions": versions()}, indent=2) + "\n")
         commit(staging, out, force)
     except BaseException:

@@ -3,10 +3,11 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import Enum
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Iterable, Literal, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -185,6 +186,29 @@ def load_preset(name_or_path: str) -> Preset:
 # A text loss gives a speech generator (Qwen-Omni's talker) no gradient: `--freeze X` leaves it
 # frozen; a preset that names it trains it.
 FROZEN_UNLESS_NAMED = ("generator",)
+
+
+@dataclass(frozen=True)
+class Loading:
+    """Which components load in 4-bit, and, when that overrides what the preset and --quantize
+    ask for, why."""
+
+    quantized: tuple[str, ...]
+    reason: str = ""
+
+
+def loaded_4bit(preset: Preset, present: Iterable[str], quantize: str = "4bit") -> Loading:
+    """The one 4-bit rule for finetune, plan, presets and budget: the preset's `quantize`
+    components that the model has, unless --quantize none, or unless nothing trains as LoRA
+    (transformers' Trainer refuses a 4-bit model with no adapter attached)."""
+    present = list(present)
+    asked = tuple(c for c in preset.quantize if c in present)
+    if quantize == "none" or not asked:
+        return Loading(())
+    if not any(preset.spec(c).mode == Mode.lora for c in present):
+        return Loading((), f"preset '{preset.name}' trains no LoRA adapter, and a 4-bit model trains only "
+                           f"through adapters: loading without 4-bit (--quantize none), {'/'.join(asked)} in 16-bit")
+    return Loading(asked)
 
 
 def freeze_preset(freeze: str, present: list[str], quantize: tuple[str, ...] = ("lm",)) -> Preset:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from importlib import metadata
@@ -12,11 +13,15 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .errors import BadInput
 from .fsutil import honour_umask
 
 ADAPTER_DIR = "adapter"
 PROCESSOR_DIR = "processor"
 COMPONENTS_FILE = "trained_components.safetensors"
+# How peft's model card (README.md) lists the bitsandbytes config of a quantized training run.
+_PEFT_BNB = "The following `bitsandbytes` quantization config was used during training:"
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
 LIBRARIES = ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "safetensors", "tokenizers")
 
 
@@ -30,6 +35,90 @@ def versions() -> dict[str, str]:
     return out
 
 
+def base_record(source: Any) -> dict[str, Any]:
+    """The base as a run records it, usable from any directory: a local path made absolute; a hub
+    id with the commit it resolved to where known (the cache snapshot its config came from). What
+    was typed, and where, are kept beside it."""
+    ref = source.ref
+    record = {"reference": ref.text, "revision": ref.revision, "model_type": source.model_type,
+              "given": ref.text, "cwd": os.getcwd()}
+    if ref.path is not None:
+        record["reference"] = str(ref.path.expanduser().resolve())
+    else:
+        snapshot = Path(source.config_path).parent if source.config_path else None
+        if snapshot is not None and snapshot.parent.name == "snapshots" and _COMMIT.match(snapshot.name):
+            record["revision"] = snapshot.name
+    return record
+
+
+def run_base(source: Path) -> str | None:
+    """The base a run directory records, as a path that works from here; None when SOURCE is not
+    a run (its reader names what it is). Runs older than absolute base paths: the absolute path
+    their run.json holds, else the recorded path from the current directory or the hub cache."""
+    from .sources import cached_file, looks_like_hub_id, read_json
+    from .trained import base_hint, record_field
+
+    path = source / "vlmsurgeon.json"
+    record = read_json(path) if path.is_file() else {}
+    reference = record_field(record, "base", "reference")
+    if not isinstance(reference, str) or not reference or Path(reference).expanduser().is_absolute():
+        return reference or None
+    candidates = [record_field(_json_or_empty(source / "run.json"), "inputs", "base", "reference")]
+    cwd = record_field(record, "base", "cwd")
+    candidates += [str(Path(cwd) / reference) if isinstance(cwd, str) else None, reference]
+    for candidate in candidates:
+        if isinstance(candidate, str) and Path(candidate).expanduser().is_dir():
+            return candidate
+    if looks_like_hub_id(reference):
+        config = cached_file(reference, "config.json", record_field(record, "base", "revision"))
+        if config is not None:
+            return str(config.parent)
+    raise BadInput(f"run '{source}' records its base as '{reference}', relative to where it was trained, "
+                   f"and that is not a directory from here ({Path.cwd()})",
+                   f"{base_hint()}, or run from the directory finetune ran in")
+
+
+def _json_or_empty(path: Path) -> dict[str, Any]:
+    """A side file that may be absent or damaged: only a hint is read from it."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def adapter_origin(adapter: Path) -> dict[str, Any]:
+    """What an adapter's own files say about the base it trained on: "4bit" (with the quantized
+    components when recorded), "unquantized", or "unknown"; and which file said it."""
+    from .sources import read_json
+
+    own = adapter / "vlmsurgeon.json"
+    record = read_json(own) if own.is_file() else {}
+    for key in ("vlmsurgeon_adapter", "vlmsurgeon_adapter_subset"):
+        entry = record.get(key)
+        if isinstance(entry, dict) and isinstance(entry.get("quantize"), str):
+            return {**_origin(entry["quantize"], entry.get("quantized_components"), f"{own}"),
+                    "compute_dtype": entry.get("compute_dtype")}
+    run = adapter.parent / "vlmsurgeon.json"
+    if adapter.name == ADAPTER_DIR and run.is_file():  # the adapter folder of a run
+        record = read_json(run)
+        if "base" in record:
+            preset = record.get("preset") if isinstance(record.get("preset"), dict) else {}
+            return _origin(record.get("quantize"), preset.get("quantize"), f"{run}")
+    card = adapter / "README.md"
+    text = card.read_text(errors="replace") if card.is_file() else ""
+    if _PEFT_BNB in text and "load_in_4bit: True" in text.split(_PEFT_BNB, 1)[1]:
+        return {"base": "4bit", "quantized": None, "from": f"{card} (peft's model card)"}
+    return {"base": "unknown", "quantized": None, "from": None}
+
+
+def _origin(quantize: Any, components: Any, where: str) -> dict[str, Any]:
+    if str(quantize or "none").startswith("4bit"):
+        return {"base": "4bit", "quantized": list(components) if isinstance(components, list) else None,
+                "from": where}
+    return {"base": "unquantized", "quantized": [], "from": where}
+
+
 def replace_into(staging: Path, target: Path) -> None:
     """Move every entry of `staging` into `target`, one rename each."""
     target.mkdir(parents=True, exist_ok=True)
@@ -40,17 +129,20 @@ def replace_into(staging: Path, target: Path) -> None:
         os.replace(entry, dest)
 
 
-def _full_tensors(applied: Any) -> dict[str, Any]:
+def _full_tensors(applied: Any, trained: dict[str, Any] | None = None) -> dict[str, Any]:
     """Trainable tensors that the peft adapter does not hold, under their base-model names:
-    every trainable tensor when no adapter was injected, loose parameters otherwise."""
+    every trainable tensor when no adapter was injected, loose parameters otherwise. `trained`:
+    the trained tensors gathered from every process (a distributed run), else the model's own."""
     from .freeze import base_name
 
     peft = hasattr(applied.model, "peft_config")
     loose = set(applied.loose_trainable)
     out = {}
-    for name, param in applied.model.named_parameters():
+    params = trained.items() if trained is not None else (
+        (n, p) for n, p in applied.model.named_parameters() if p.requires_grad)
+    for name, param in params:
         base = base_name(name)
-        if param.requires_grad and (not peft or base in loose):
+        if not peft or base in loose:
             out[base] = param.detach().to("cpu").contiguous()
     return out
 
@@ -60,27 +152,34 @@ def write_run_outputs(run_dir: Path, applied: Any, processor: Any, *, opts: Any,
                       quantized: bool, global_step: int, final_loss: float | None,
                       train_loss: float | None, world_size: int = 1, compute_dtype: str = "fp32",
                       gradients: dict[str, Any] | None = None,
-                      resumed: list[dict[str, Any]] | None = None) -> None:
+                      resumed: list[dict[str, Any]] | None = None,
+                      trained: dict[str, Any] | None = None) -> None:
     from safetensors.torch import save_file
 
     run_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".final-", dir=run_dir) as tmp:
         staging = Path(tmp)
         artifacts: dict[str, str] = {"processor": PROCESSOR_DIR}
+        quantize = "4bit-nf4-double-quant" if quantized else "none"
         if hasattr(applied.model, "peft_config"):
-            applied.model.save_pretrained(staging / ADAPTER_DIR)
+            applied.model.save_pretrained(staging / ADAPTER_DIR, state_dict=trained)
             artifacts["adapter"] = ADAPTER_DIR
-        tensors = _full_tensors(applied)
+            # the adapter folder, copied out of the run, still says what its base was
+            four_bit = applied.preset.model_dump(mode="json")["quantize"] if quantized else []
+            own = {"base": base_record(source), "quantize": quantize, "compute_dtype": compute_dtype,
+                   "quantized_components": four_bit}
+            (staging / ADAPTER_DIR / "vlmsurgeon.json").write_text(
+                json.dumps({"vlmsurgeon_adapter": own, "versions": versions()}, indent=2) + "\n")
+        tensors = _full_tensors(applied, trained)
         if tensors:
             save_file(tensors, str(staging / COMPONENTS_FILE), metadata={"format": "pt"})
             artifacts["trained_components"] = COMPONENTS_FILE
         processor.save_pretrained(staging / PROCESSOR_DIR)
         record = {
             "vlmsurgeon": __version__,
-            "base": {"reference": source.ref.text, "revision": source.ref.revision,
-                     "model_type": source.model_type},
+            "base": base_record(source),
             "preset": applied.preset.model_dump(mode="json"),
-            "quantize": "4bit-nf4-double-quant" if quantized else "none",
+            "quantize": quantize,
             "report": {name: {"params": s.total, "trainable": s.trainable, "mode": s.mode, "how": s.describe,
                               "lora_modules": s.lora_modules, "full_roots": s.full_roots}
                        for name, s in applied.components.items()},

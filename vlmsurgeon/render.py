@@ -1,5 +1,5 @@
-"""Rendering for people: the module tree (repeated blocks collapsed) and the breakdown table.
-The only module that knows about rich."""
+"""Rendering for people: the module tree (repeated blocks collapsed) and the tables. With
+`layout` (fitting them to the width), the only module that knows about rich."""
 
 from __future__ import annotations
 
@@ -9,41 +9,42 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
-from rich.tree import Tree
+from rich.text import Text
 
-from .report import Breakdown
+from .layout import FitConsole, ellipsize, wrap_sentence
+from .report import Breakdown, human, percent, subtree_components
 from .tree import Node, signature
 
 COLORS = {"vision": "magenta", "merger": "yellow", "lm": "cyan", "head": "green",
           "audio": "blue", "protein": "blue", "action": "blue", "generator": "red"}
 
 
-def human(n: float, unit: str = "") -> str:
-    """1234567 -> '1.2M'; bytes with unit='B' -> '2.3 GiB'."""
-    if unit == "B":
-        for suffix, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-            if abs(n) >= scale:
-                return f"{n / scale:.2f} {suffix}"
-        return f"{int(n)} B"
-    for suffix, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(n) >= scale:
-            return f"{n / scale:.1f}{suffix}"
-    return str(int(n))
+def _tag(node: Node, parent_component: str | None) -> str:
+    """`[vision]` where a component starts; when other components sit inside it (Qwen's merger
+    inside `visual`), each one's own figure, so the line adds up to what the table says."""
+    if not node.component or node.component == parent_component:
+        return ""
+    figures = subtree_components(node)
+    nested = [c for c in (*COLORS, "other") if c != node.component and figures.get(c)]
+    if not nested:
+        color = COLORS.get(node.component, "white")
+        return f"  [{color}]\\[{node.component}][/{color}]"
+    parts = [f"[{COLORS.get(c, 'white')}]{c} {human(figures.get(c, 0))}[/]" for c in (node.component, *nested)]
+    return "  \\[" + " + ".join(parts) + "]"
 
 
-def _label(node: Node, parent_component: str | None, *, count: int = 1, span: str = "") -> str:
+def _label(node: Node, parent_component: str | None, *, count: int = 1, span: str = "",
+           cls_width: int | None = None) -> str:
     text = f"{escape(span or node.name)}: " if node.path else ""
+    cls = node.cls if cls_width is None else ellipsize(Text(node.cls), max(cls_width, 8)).plain
     if count > 1:
-        text += f"{count} × {escape(node.cls)} · {human(node.total)} each"
+        text += f"{count} × {escape(cls)} · {human(node.total)} each"
     else:
-        text += f"{escape(node.cls)} · {human(node.total)}"
+        text += f"{escape(cls)} · {human(node.total)}"
     tied = [p for p in node.params if p.tied_to]
     if tied:
         text += f" (tied to {escape(tied[0].tied_to or '')})"
-    if node.component and node.component != parent_component:
-        color = COLORS.get(node.component, "white")
-        text += f"  [{color}]\\[{node.component}][/{color}]"
-    return text
+    return text + _tag(node, parent_component)
 
 
 def _groups(children: list[Node], memo: dict[int, Any]) -> list[tuple[Node, int, str]]:
@@ -62,63 +63,89 @@ def _groups(children: list[Node], memo: dict[int, Any]) -> list[tuple[Node, int,
     return groups
 
 
-def module_tree(root: Node, depth: int) -> Tree:
+def tree_lines(root: Node, depth: int, width: int) -> list[Text]:
+    """The module tree as lines of at most `width` cells; a label too long for its line is
+    shortened in the middle rather than wrapped under the guides."""
     memo: dict[int, Any] = {}
-    tree = Tree(_label(root, None))
-    stack: list[tuple[Node, Tree, int]] = [(root, tree, 0)]
+    lines = [ellipsize(Text.from_markup(_label(root, None)), width)]
+    stack: list[tuple[Node, int, str, str | None, str, bool, int]] = []
+
+    def push(node: Node, prefix: str, level: int) -> None:
+        groups = _groups(node.children, memo)
+        for i, (child, count, span) in reversed(list(enumerate(groups))):
+            stack.append((child, count, span, node.component, prefix, i == len(groups) - 1, level))
+
+    if depth > 0:
+        push(root, "", 1)
     while stack:
-        node, branch, level = stack.pop()
-        if level >= depth:
-            continue
-        for child, count, span in _groups(node.children, memo):
-            sub = branch.add(_label(child, node.component, count=count, span=span))
-            stack.append((child, sub, level + 1))
-    return tree
+        node, count, span, parent_component, prefix, last, level = stack.pop()
+        guide = prefix + ("└── " if last else "├── ")
+        label = Text.from_markup(_label(node, parent_component, count=count, span=span))
+        room = max(width - len(guide), 12)
+        if label.cell_len > room:  # the class name gives way first: the figures are the point
+            label = Text.from_markup(_label(node, parent_component, count=count, span=span,
+                                            cls_width=len(node.cls) - (label.cell_len - room)))
+        line = Text()
+        line.append(guide, style="dim")
+        line.append_text(ellipsize(label, room))
+        lines.append(ellipsize(line, width))
+        if level < depth:
+            push(node, prefix + ("    " if last else "│   "), level + 1)
+    return lines
 
 
 def breakdown_table(result: Breakdown, quantized: tuple[str, ...] = ("lm",)) -> Table:
-    table = Table(title=f"{result.model}  ({result.model_type}, from {result.source})",
-                  title_justify="left")
-    for col in ("component", "params", "share", "bf16", "4-bit", "roots"):
-        numeric = col in ("params", "share", "bf16", "4-bit")
-        table.add_column(col, justify="right" if numeric else "left", no_wrap=numeric)
-    total = result.total_params or 1
+    """Parameters, share and weight bytes per component (where each starts: `roots_table`)."""
+    table = Table(title=f"{result.model}  ({result.model_type}, from {result.source})")
+    for col in ("component", "params", "share", "bf16", "4-bit"):
+        table.add_column(col, justify="left" if col == "component" else "right")
+    total = result.total_params
     bf16 = q4 = 0
     for name, fig in result.components.items():
         color = COLORS.get(name, "white")
         b16, b4 = fig.bytes_bf16(), fig.bytes_4bit(name in quantized)
         bf16, q4 = bf16 + b16, q4 + b4
+        table.add_row(f"[{color}]{name}[/{color}]", f"{fig.params:,}", percent(fig.params, total),
+                      human(b16, "B"), human(b4, "B"))
+        if name == "lm":
+            table.add_row("  of which embeddings", f"{fig.embeddings:,}", percent(fig.embeddings, total))
+    table.add_row("other", f"{result.other:,}", percent(result.other, total))
+    table.add_row("[bold]total[/bold]", f"[bold]{result.total_params:,}[/bold]", percent(total, total),
+                  human(bf16, "B"), human(q4, "B"))
+    table.caption = (f"4-bit: {'/'.join(quantized)} Linear weights in NF4, double quant (4.127 bits); "
+                     "the rest in bf16")
+    return table
+
+
+def roots_table(result: Breakdown) -> Table:
+    """The modules where each component starts: the tagged lines of the tree."""
+    table = Table(title="where each component starts")
+    table.add_column("component")
+    table.add_column("roots")
+    for name, fig in result.components.items():
+        color = COLORS.get(name, "white")
         roots = ", ".join(fig.roots[:3]) + (f" (+{len(fig.roots) - 3})" if len(fig.roots) > 3 else "")
         if name == "head" and fig.tied_to:
             roots = f"tied to {fig.tied_to} (counted once, in lm)"
-        table.add_row(f"[{color}]{name}[/{color}]", f"{fig.params:,}", f"{100 * fig.params / total:.2f}%",
-                      human(b16, "B"), human(b4, "B"), roots or "-")
-        if name == "lm":
-            table.add_row("  of which embeddings", f"{fig.embeddings:,}",
-                          f"{100 * fig.embeddings / total:.2f}%", "", "", "")
-    table.add_row("other", f"{result.other:,}", f"{100 * result.other / total:.2f}%", "", "",
-                  ", ".join(result.other_names[:3]) or "-")
-    table.add_row("[bold]total[/bold]", f"[bold]{result.total_params:,}[/bold]", "100.00%",
-                  human(bf16, "B"), human(q4, "B"), "")
-    table.caption = ("4-bit: Linear weights of " + "/".join(quantized) +
-                     " in NF4 with double quant (4.127 bits), everything else bf16")
+        table.add_row(f"[{color}]{name}[/{color}]", escape(roots) or "-")
+    if result.other:
+        table.add_row("other", escape(", ".join(result.other_names[:3])))
     return table
 
 
 def make_console(stderr: bool = False) -> Console:
-    """A console that keeps tables readable when piped (rich would fall back to 80 columns)."""
-    console = Console(stderr=stderr)
-    if not console.is_terminal:
-        console = Console(stderr=stderr, width=160)
-    return console
+    """A console whose tables fit its width: the terminal's, or when piped $COLUMNS, else 80
+    (rich's own rule), printed as plain aligned text without trailing spaces."""
+    return FitConsole(stderr=stderr)
 
 
 def print_inspect(result: Breakdown, depth: int, console: Console | None = None) -> None:
     console = console or make_console()
-    console.print(module_tree(result.tree, depth))
+    console.print(Text("\n").join(tree_lines(result.tree, depth, console.width)))
     console.print(breakdown_table(result))
+    console.print(roots_table(result))
     for note in result.notes:
-        console.print(f"note: {note}")
+        console.print(f"note: {escape(note)}")
 
 
 def _names(names: list[str], shown: int = 3) -> str:
@@ -149,6 +176,12 @@ def checkpoint_warnings(check: Any) -> list[str]:
     return lines
 
 
+def print_wrapped(sentence: str, console: Console | None = None) -> None:
+    """A sentence for a person (`OUT: merged …`) at the console's width (`wrap_sentence`)."""
+    console = console or make_console()
+    console.print(Text("\n").join(wrap_sentence(sentence, console.width)))
+
+
 def print_json(data: Any) -> None:
     print(json.dumps(data, indent=2))
 
@@ -170,12 +203,11 @@ def plan_table(result: Any) -> Table:
         if name == "head" and fig.tied_to:
             how += f" (tied to {fig.tied_to})"
         color = COLORS.get(name, "white")
-        share = f"{100 * trainable / fig.params:.2f}%" if fig.params else "-"
-        table.add_row(f"[{color}]{name}[/{color}]", f"{fig.params:,}", f"{trainable:,}", share,
-                      escape(how), "yes" if name in result.preset.quantize else "")
-    total = report.total_params or 1
+        table.add_row(f"[{color}]{name}[/{color}]", f"{fig.params:,}", f"{trainable:,}",
+                      percent(trainable, fig.params),
+                      escape(how), "yes" if name in result.quantized else "")
     table.add_row("[bold]total[/bold]", f"{report.total_params:,}", f"[bold]{result.trainable:,}[/bold]",
-                  f"{100 * result.trainable / total:.3f}%", "", "")
+                  percent(result.trainable, report.total_params), "", "")
     return table
 
 
@@ -202,6 +234,8 @@ def print_plan(result: Any, console: Console | None = None) -> None:
     console = console or make_console()
     console.print(plan_table(result))
     console.print(memory_table(result))
+    if result.scale_out is not None:
+        console.print(f"scale-out: {escape(result.scale_out.describe())}")
     for note in result.notes:
         console.print(f"note: {escape(note)}")
     if result.probe is not None:
@@ -225,47 +259,70 @@ def print_probe(probe: Any, console: Console) -> None:
 
 
 def presets_table(presets: list[Any]) -> Table:
+    from .components import ALL_COMPONENTS
+    from .preset import loaded_4bit
+
     table = Table(title="built-in presets (vlmsurgeon presets NAME shows one)", title_justify="left")
-    for col in ("name", "vision", "merger", "lm", "head", "4-bit", "description"):
+    for col in ("name", "vision", "merger", "lm", "head", "4-bit"):
         table.add_column(col)
+    unquantized = []
     for p in presets:
+        loading = loaded_4bit(p, ALL_COMPONENTS)  # what finetune loads in 4-bit, not the file's list
+        unquantized += [p.name] if loading.reason else []
         table.add_row(p.name, *(escape(p.spec(c).describe()) for c in ("vision", "merger", "lm", "head")),
-                      ",".join(p.quantize) or "-", p.description)
+                      ",".join(loading.quantized) or "-")
+        table.add_row(f"  [dim]{escape(p.description)}[/dim]", *[""] * 5)  # a line of its own: it is prose
+    if unquantized:
+        table.caption = (f"{', '.join(unquantized)}: quantize lists a component, but nothing trains as LoRA "
+                         "and a 4-bit model trains only through adapters, so everything loads in 16-bit")
     return table
 
 
 def budget_table(result: Any) -> Table:
-    table = Table(title="parameter budget", title_justify="left")
-    for col in ("model", "limit", "figure", "verdict"):
-        table.add_column(col, justify="right" if col == "figure" else "left")
+    """One heading line per model, then its limits: a percent limit with the count it allows,
+    the figure and the margin (how far inside the limit; negative: over it) in the limit's units."""
+    table = Table(title="parameter budget")
+    for col in ("limit", "figure", "margin", "verdict"):
+        table.add_column(col, justify="left" if col in ("limit", "verdict") else "right")
     error = "[bold magenta]ERROR[/bold magenta]"  # not checked: the reason is on stderr
+    rows: dict[int, list[Any]] = {}
     for r in result.results:
-        unit = "B" if r.limit.key == "memory" else ""
-        if r.figure is None:
-            table.add_row(escape(r.model), escape(r.describe()), "—", error)
-            continue
-        figure = human(r.figure, unit) if unit else f"{r.figure:,} ({human(r.figure)})"
-        verdict = "[green]ok[/green]" if r.ok else "[bold red]FAIL[/bold red]"
-        table.add_row(escape(r.model), escape(r.describe()), figure, verdict)
-    with_rows = {r.entry for r in result.results}
-    for e in result.errors:
-        if e.entry not in with_rows:  # an entry without limits that failed to load
-            table.add_row(escape(e.model), "load model", "—", error)
+        rows.setdefault(r.entry, []).append(r)
+    names = {r.entry: r.model for r in result.results}
+    names.update({e.entry: e.model for e in result.errors if e.entry not in rows and e.entry is not None})
+    for entry in sorted(names):
+        table.add_row(f"[bold]{escape(names[entry])}[/bold]", "", "", "")
+        if entry not in rows:  # an entry without limits that failed to load
+            table.add_row("  load model", "-", "-", error)
+        for r in rows.get(entry, []):
+            verdict = error if r.error is not None else ("[green]ok[/green]" if r.ok else "[bold red]FAIL[/bold red]")
+            # a percent limit takes two lines: shares on the first, the counts they mean below
+            table.add_row(f"  {escape(r.limit_text(chr(10) + '    = '))}", r.amount(r.figure, "\n"),
+                          r.amount(r.margin, "\n"), verdict)
     return table
 
 
 def diff_table(result: Any) -> Table:
     table = Table(title=f"diff {result.a} → {result.b}", title_justify="left")
-    for col in ("component", "tensors", "changed", "max |Δ|", "relative ‖Δ‖"):
+    for col in ("component", "tensors", "changed", "cast only", "unchanged", "max |Δ|", "relative ‖Δ‖"):
         table.add_column(col, justify="left" if col == "component" else "right")
     for name, d in result.components.items():
         color = COLORS.get(name, "white")
-        table.add_row(f"[{color}]{name}[/{color}]", str(d.compared), str(d.changed),
-                      f"{d.max_abs:.3g}", f"{d.relative:.3g}")
+        table.add_row(f"[{color}]{name}[/{color}]", str(d.compared), str(d.changed), str(d.cast_only),
+                      str(d.unchanged), f"{d.max_abs:.3g}", f"{d.relative:.3g}")
     if result.only_in_a or result.only_in_b or result.shape_mismatch:
         table.caption = (f"only in A: {len(result.only_in_a)}, only in B: {len(result.only_in_b)}, "
                          f"shape mismatch: {len(result.shape_mismatch)}")
     return table
+
+
+def print_diff(result: Any, console: Console | None = None) -> None:
+    """`diff`: the table, then what rounding accounts for."""
+    console = console or make_console()
+    console.print(diff_table(result))
+    note = result.cast_note()
+    if note:
+        console.print(escape(note), soft_wrap=True)
 
 
 def print_families(families: dict[str, Any]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,6 +12,53 @@ from .tree import Node
 # NF4 with double quantisation, blocksize 64: 4 bits + an 8-bit absmax per 64 values
 # + one fp32 scale per 256 absmax blocks.
 NF4_BITS = 4 + 8 / 64 + 32 / (64 * 256)
+
+
+def human(n: float, unit: str = "") -> str:
+    """1234567 -> '1.2M'; bytes with unit='B' -> '2.3 GiB'."""
+    if unit == "B":
+        for suffix, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+            if abs(n) >= scale:
+                return f"{n / scale:.2f} {suffix}"
+        return f"{int(n)} B"
+    for suffix, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.1f}{suffix}"
+    return str(int(n))
+
+
+def percent(part: float, whole: float) -> str:
+    """The one way every table writes a share: `0%` and `100%` only when exact, two significant
+    digits below 1% (`0.022%`), one decimal otherwise (`99.5%`); `-` when there is no whole."""
+    if not whole:
+        return "-"
+    if part == whole:
+        return "100%"
+    if part == 0:
+        return "0%"
+    value = 100 * abs(part) / abs(whole)
+    sign = "-" if (part < 0) != (whole < 0) else ""
+    if value < 1:
+        decimals = 1 - math.floor(math.log10(value))
+        text = f"{value:.{decimals}f}"
+        if float(text) < 1:
+            return f"{sign}{text}%"
+    text = f"{value:.1f}"
+    if text == "100.0" and value < 100:  # rounding up to a whole would claim everything
+        return f"{sign}>99.9%"
+    return f"{sign}{text}%"
+
+
+def subtree_components(node: Node) -> dict[str, int]:
+    """Parameters under `node` by component, counted as the breakdown counts them (tied
+    duplicates once), so a tree line and the table agree."""
+    figures: dict[str, int] = {}
+    for sub in node.walk():
+        for param in sub.params:
+            if param.counted:
+                comp = param_component(sub, param.name)
+                figures[comp] = figures.get(comp, 0) + param.counted
+    return figures
 
 
 @dataclass

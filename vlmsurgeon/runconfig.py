@@ -50,6 +50,8 @@ class RunOptions(BaseModel):
     report_to: Literal["none", "tensorboard", "wandb"] = "none"
     eval_generate: Optional[int] = Field(default=None, gt=0)
     strict_grads: bool = False
+    chunked_loss: bool = True  # cross-entropy a few rows at a time, never the full logits
+    offload_activations: bool = False  # checkpointed layer inputs in pinned CPU memory (GPU only)
 
     def require(self, key: str, flag: str) -> str:
         value = getattr(self, key)

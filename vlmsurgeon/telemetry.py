@@ -5,8 +5,11 @@ Trainer's own integrations (`--report-to tensorboard|wandb`), which are checked 
 from __future__ import annotations
 
 import importlib.util
+import os
+import shlex
 import sys
-from typing import Any
+from pathlib import Path
+from typing import Any, Sequence
 
 from transformers import TrainerCallback
 
@@ -45,6 +48,52 @@ def summary_lines(applied: Any, opts: Any, quantized: bool, max_steps: int, refe
                  + (f" · eval-generate {opts.eval_generate} row(s)" if opts.eval_generate else "")
                  + (f" · report to {opts.report_to}" if opts.report_to != "none" else ""))
     return lines
+
+
+def loading_line(reference: str, four_bit: Sequence[str], dtype: str) -> str:
+    """Said before the weights load, the longest silent phase of a run."""
+    how = (f"{', '.join(four_bit)} in 4-bit NF4, the rest in {dtype}" if four_bit
+           else f"{dtype}, nothing in 4-bit")
+    return f"loading weights of {reference} ({how}) …"
+
+
+def preparing_line(preset: Any, present: Sequence[str]) -> str:
+    """Said before the preset is applied: LoRA injection and what trains in full."""
+    lora = [f"{c} r={preset.spec(c).rank}" for c in present if preset.spec(c).mode.value == "lora"]
+    full = [c for c in present if preset.spec(c).mode.value == "full"]
+    parts = ([f"LoRA on {', '.join(lora)}"] if lora else []) + ([f"full training of {', '.join(full)}"]
+                                                                 if full else [])
+    return f"preparing {' and '.join(parts) or 'the model'} …"
+
+
+def starting_line(checkpoint: Path | None) -> str:
+    """Said before the Trainer starts; a resume first reads the checkpoint's optimizer state."""
+    if checkpoint is None:
+        return "starting training (the first step also checks which parameters get a gradient) …"
+    return f"resuming from {checkpoint.name} (weights, optimizer and scheduler state) …"
+
+
+def elapsed(seconds: float) -> str:
+    """`42 s`, `1 min 12 s`, `2 h 05 min`: as precise as a person reads a run's length."""
+    whole = int(round(seconds))
+    if whole < 60:
+        return f"{seconds:.1f} s" if seconds < 9.95 else f"{whole} s"
+    if whole < 3600:
+        return f"{whole // 60} min {whole % 60} s"
+    return f"{whole // 3600} h {whole % 3600 // 60:02d} min"
+
+
+def done_line(seconds: float, run_dir: Path) -> str:
+    """The last line of a finished run: how long it took and the command that ships it."""
+    merged = run_dir.with_name(run_dir.name + "-merged")
+    return (f"done in {elapsed(seconds)}; next: vlmsurgeon merge {shlex.quote(str(run_dir))} "
+            f"-o {shlex.quote(str(merged))} --verify")
+
+
+def say(line: str) -> None:
+    """A status line on stderr, from the main process only (under torchrun every rank runs)."""
+    if os.environ.get("RANK", "0") == "0":
+        print(line, file=sys.stderr, flush=True)
 
 
 class Summary(TrainerCallback):

@@ -16,7 +16,7 @@ from typing import Any
 from .data import Dataset, load_dataset_rows
 from .errors import BadInput, VlmSurgeonError
 from .runconfig import RunOptions
-from .runlock import CHECKPOINTS, LOCK, REPORT, claimed, disk_errors, latest_checkpoint
+from .runlock import CHECKPOINTS, LOCK, REPORT, claimed, disk_errors, latest_checkpoint, warn
 from .support import training_blocker
 
 
@@ -31,6 +31,7 @@ class FinetuneResult:
     final_loss: float | None
     applied: Any
     skipped_rows: int
+    main_process: bool = True  # under accelerate launch / torchrun, rank 0 reports for all
 
 
 def _rows(path: str, opts: RunOptions, label: str) -> Dataset:
@@ -120,15 +121,22 @@ def load_for_training(reference: str, opts: RunOptions, preset: Any, tree: Any, 
     import torch
     from transformers import AutoModelForImageTextToText, BitsAndBytesConfig
 
+    from .distributed import check_engine, sharded_engine
     from .freeze import unquantized_roots
+    from .prepare import check_offload
 
+    check_offload(opts)
+    check_engine()
     dtype = _dtype(opts)
     kwargs: dict[str, Any] = {"dtype": dtype}
     if opts.quantize == "4bit" and preset.quantize:
         keep = unquantized_roots(tree, preset.quantize)
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=dtype, bnb_4bit_quant_storage=torch.uint8,
+            bnb_4bit_compute_dtype=dtype,
+            # FSDP and ZeRO-3 shard only float tensors, and flatten a layer's tensors into one of a
+            # single dtype: the packed 4-bit weights are then stored in the compute dtype
+            bnb_4bit_quant_storage=dtype if sharded_engine() else torch.uint8,
             llm_int8_skip_modules=[re.escape(p) for p in keep] or None)
     try:
         return AutoModelForImageTextToText.from_pretrained(reference, **kwargs)
@@ -175,11 +183,9 @@ def _model_plan(reference: str, opts: RunOptions, trust_remote_code: bool) -> tu
     from .freeze import classified_tree, present_components
     from .inspection import meta_model
     from .plan import resolve_preset
+    from .preset import loaded_4bit
 
     source, meta = meta_model(reference, trust_remote_code=trust_remote_code)
-    blocker = training_blocker(meta.config, opts)
-    if blocker:
-        raise BadInput(f"finetune: cannot train '{reference}': {blocker[0]}", blocker[1])
     tree = classified_tree(meta, source.model_type)
     present = present_components(tree)
     preset = resolve_preset(opts.preset, opts.freeze, present)
@@ -187,12 +193,15 @@ def _model_plan(reference: str, opts: RunOptions, trust_remote_code: bool) -> tu
         raise BadInput(f"preset '{preset.name}' freezes every component of '{reference}' "
                        f"({', '.join(present)}): nothing would train",
                        "leave at least one component to train, e.g. --freeze vision")
-    if opts.quantize == "4bit" and preset.quantize and not any(
-            preset.spec(c).mode.value == "lora" for c in present):
-        # transformers' Trainer refuses a 4-bit model with no adapter attached
-        print(f"vlmsurgeon: warning: preset '{preset.name}' trains no LoRA adapter, and a 4-bit model "
-              "trains only through adapters: loading without 4-bit (--quantize none)", file=sys.stderr)
+    loading = loaded_4bit(preset, present, opts.quantize)
+    if loading.reason:  # plan prices the same loading: preset.loaded_4bit is the one rule
         opts = opts.model_copy(update={"quantize": "none"})
+    # after the 4-bit rule: a blocker that needs 4-bit does not apply to a run that loads none
+    blocker = training_blocker(meta.config, opts)
+    if blocker:
+        raise BadInput(f"finetune: cannot train '{reference}': {blocker[0]}", blocker[1])
+    if loading.reason:
+        print(f"vlmsurgeon: warning: {loading.reason}", file=sys.stderr)
     return source, tree, preset, opts
 
 
@@ -232,29 +241,31 @@ def _load_model(run: _Run) -> tuple[Any, bool]:
     model = load_for_training(run.reference, opts, run.preset, run.tree, run.source.model_type)
     quantized = "quantization_config" in getattr(model.config, "__dict__", {}) or getattr(
         model, "is_loaded_in_4bit", False)
-    if quantized:
-        from peft import prepare_model_for_kbit_training
+    from .prepare import cast_trained, enable_checkpointing
 
-        model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=opts.gradient_checkpointing,
-            gradient_checkpointing_kwargs={"use_reentrant": False})
-    elif opts.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.enable_input_require_grads()
+    if quantized:  # full components train in fp32 master weights; what stays frozen keeps its dtype
+        cast_trained(model, run.preset, run.tree)
+    if opts.gradient_checkpointing:
+        enable_checkpointing(model, offload=opts.offload_activations)
     return model, bool(quantized)
 
 
 def _train(run: _Run) -> FinetuneResult:
     from transformers import set_seed
 
-    from .freeze import apply_preset
+    from .distributed import fit_engine, trained_names, trained_state
+    from .freeze import apply_preset, present_components
+    from .preset import loaded_4bit
     from .provenance import write_run_outputs
-    from .telemetry import EvalGenerate, Summary, summary_lines
+    from .telemetry import EvalGenerate, Summary, loading_line, preparing_line, say, starting_line, summary_lines
     from .trainer_parts import GradCheck, JsonlLog, MarkComplete, Progress, StopOnSignal, make_trainer
 
     opts, run_dir = run.opts, run.run_dir
+    present = present_components(run.tree)
+    say(loading_line(run.reference, loaded_4bit(run.preset, present, opts.quantize).quantized, _dtype_name(opts)))
     model, quantized = _load_model(run)
     set_seed(opts.seed)  # LoRA initialisation draws from the RNG: same seed, same adapter
+    say(preparing_line(run.preset, present))
     applied = apply_preset(model, run.preset, run.source.model_type)
     stop = StopOnSignal()
     grads = GradCheck(applied, opts.strict_grads)
@@ -267,12 +278,17 @@ def _train(run: _Run) -> FinetuneResult:
         os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_dir / "tensorboard")
     trainer = make_trainer(applied, opts, run_dir / CHECKPOINTS, run.rows, run.eval_rows, run.collator,
                            callbacks=callbacks)
+    for note in fit_engine(trainer, opts):
+        warn(note)
+    names = trained_names(applied.model)
+    say(starting_line(run.checkpoint))
     with stop.installed(), disk_errors(run_dir, lambda: trainer.saving or "training (writing log.jsonl)"):
         output = trainer.train(resume_from_checkpoint=str(run.checkpoint) if run.checkpoint else None)
     if stop.requested:
         raise Interrupted(f"interrupted at step {trainer.state.global_step}; checkpoint saved in "
                           f"{run_dir / CHECKPOINTS}", f"vlmsurgeon finetune … -o {run_dir} --resume")
     final_loss = _last_loss(trainer.state.log_history)
+    trained = trained_state(trainer, names)  # every process: a sharded gather is collective
     if trainer.is_world_process_zero():
         with disk_errors(run_dir, "writing the run's outputs"):
             write_run_outputs(run_dir, applied, run.processor, opts=opts, source=run.source, data=run.data,
@@ -280,8 +296,9 @@ def _train(run: _Run) -> FinetuneResult:
                               final_loss=final_loss, train_loss=output.training_loss,
                               world_size=trainer.args.world_size, compute_dtype=_dtype_name(opts),
                               gradients=grads.report.to_json() if grads.report is not None else None,
-                              resumed=run.resumed)
-    return FinetuneResult(run_dir, trainer.state.global_step, final_loss, applied, run.report.skipped)
+                              resumed=run.resumed, trained=trained)
+    return FinetuneResult(run_dir, trainer.state.global_step, final_loss, applied, run.report.skipped,
+                          main_process=trainer.is_world_process_zero())
 
 
 def print_data_summary(report: Any) -> None:

@@ -16,6 +16,7 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback
 
 from .errors import CheckFailed, RuntimeFailure
+from .prepare import drop_input_grad_hooks
 from .resume import reading_checkpoint
 from .runlock import COMPLETE
 
@@ -42,11 +43,12 @@ Trainer, TrainingArguments = _import_trainer()
 
 class ComponentTrainer(Trainer):
     """Trainer with AdamW parameter groups per component learning rate (from the preset),
-    counting the tokens it trains on for tokens/s."""
+    counting the tokens it trains on for tokens/s, and the chunked cross-entropy in training."""
 
-    def __init__(self, *args: Any, applied: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, applied: Any, chunked: Any = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.applied = applied
+        self.chunked = chunked  # loss.ChunkedLoss, or None for the model's own loss
         self.tokens_seen = 0
         self.saw_image = False
         self.saving: str | None = None  # what a failed write was doing (a full disk names it)
@@ -81,6 +83,14 @@ class ComponentTrainer(Trainer):
             self.tokens_seen += int(mask.sum())
         self.saw_image = self.saw_image or any(k.startswith("pixel_values") for k in inputs)
         return super().training_step(model, inputs, *args, **kwargs)
+
+    def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
+                     num_items_in_batch: Any = None) -> Any:
+        # evaluation keeps the model's own loss: it returns the logits, and holds no graph
+        if self.chunked is None or return_outputs or not model.training or "labels" not in inputs:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        with self.chunked.installed(self.model):
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
         self.saving = f"saving checkpoint-{self.state.global_step}"
@@ -138,17 +148,31 @@ def make_trainer(applied: Any, opts: Any, output_dir: Path, train: list[Any], ev
         report_to=[] if opts.report_to == "none" else [opts.report_to],
         remove_unused_columns=False, dataloader_num_workers=0, save_total_limit=None,
         eval_strategy="epoch" if evaluation else "no", use_cpu=not torch.cuda.is_available(),
-        bf16=torch.cuda.is_available() and opts.dtype != "fp32", gradient_checkpointing=False,
-        ddp_find_unused_parameters=False, **save,
+        # autocast whenever weights are bf16: trained parameters are fp32 beside frozen bf16 ones
+        bf16=opts.dtype == "bf16" or (torch.cuda.is_available() and opts.dtype == "auto"),
+        gradient_checkpointing=False, ddp_find_unused_parameters=False, **save,
     )
+    drop_input_grad_hooks(applied.model)  # peft puts them back on an unquantized model
     trainer = ComponentTrainer(model=applied.model, args=args, train_dataset=train,
                                eval_dataset=evaluation, data_collator=collator, callbacks=callbacks,
-                               applied=applied)
+                               applied=applied, chunked=_chunked_loss(applied.model, opts))
     trainer.remove_callback(PrinterCallback)  # it prints logs to stdout; results go there
     for callback in callbacks:
         if hasattr(callback, "trainer"):
             callback.trainer = trainer
     return trainer
+
+
+def _chunked_loss(model: Any, opts: Any) -> Any:
+    """The chunked loss unless --no-chunked-loss; a family it cannot reproduce says so, once."""
+    if not opts.chunked_loss:
+        return None
+    from .loss import chunked_loss_for
+
+    chunked, reason = chunked_loss_for(model)
+    if reason and os.environ.get("RANK", "0") == "0":
+        print(f"vlmsurgeon: note: plain cross-entropy (full logits) for this model: {reason}", file=sys.stderr)
+    return chunked
 
 
 class DeadGradients(CheckFailed):

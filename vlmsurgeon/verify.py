@@ -21,9 +21,39 @@ class Verdict:
     tolerance: float
 
     @property
+    def judged(self) -> float:
+        return self.vs_trained if self.gate == "trained" and self.vs_trained is not None else self.vs_original
+
+    @property
+    def allowed(self) -> float:
+        return self.tolerance * self.scale
+
+    @property
     def ok(self) -> bool:
-        value = self.vs_trained if self.gate == "trained" and self.vs_trained is not None else self.vs_original
-        return value <= self.tolerance * self.scale
+        return self.judged <= self.allowed
+
+    def lines(self, dtype: str) -> list[str]:
+        """The verdict first, then the figure it judged (against what) and the one it did not."""
+        out = [f"verify: {'ok' if self.ok else 'FAILED'}",
+               f"  checked: export vs {_NAMES[self.gate]}",
+               f"    max |Δlogit| {self.judged:.3g}, allowed {self.allowed:.3g}",
+               f"    (tolerance {self.tolerance:g} for {dtype} × largest logit {self.scale:.3g})"]
+        other = "original" if self.gate == "trained" else "trained"
+        info = self.vs_original if other == "original" else self.vs_trained
+        if info is not None:
+            why = ("the adapter was trained against the 4-bit weights" if other == "original"
+                   else "--target original skips the 4-bit weights it trained on")
+            out += [f"  info (not a check): export vs {_NAMES[other]}",
+                    f"    max |Δlogit| {info:.3g}; expected to differ for a QLoRA run:", f"    {why}"]
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ok": self.ok, "checked_against": self.gate, "max_abs_logit_diff": self.judged,
+                "allowed": self.allowed, "tolerance": self.tolerance, "largest_logit": self.scale,
+                "vs_trained": self.vs_trained, "vs_original": self.vs_original}
+
+
+_NAMES = {"trained": "the model as trained (4-bit base + adapter)", "original": "original base + adapter"}
 
 
 def probe_inputs(processor: Any) -> dict[str, Any]:
@@ -108,3 +138,13 @@ def verify(out: Path, trained: Any, dtype: str, target: str) -> Verdict:
         vs_trained=float((merged - as_trained).abs().max()) if as_trained is not None else None,
         scale=scale, gate="trained" if (as_trained is not None and target == "dequantized") else "original",
         tolerance=TOLERANCE[dtype])
+
+
+def verify_export(out: Path, source: Path, base: str | None, summary: dict[str, Any]) -> Verdict:
+    """`verify` for what `merge` just wrote from SOURCE: the same base, and the same 4-bit
+    components (a bare adapter's were decided by the merge)."""
+    from .merge import load_source
+
+    trained, _ = load_source(source, base)
+    trained.quantized_components = list(summary["quantized_components"])
+    return verify(out, trained, summary["dtype"], summary["target"])

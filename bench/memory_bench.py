@@ -1,0 +1,366 @@
+"""Peak memory and step time of `finetune`'s training step vs the hand-written transformers + peft
++ bitsandbytes loop, on a full-size architecture with random weights (issue 16).
+
+    python bench/memory_bench.py [--arch qwen2_vl] [--lm-layers N] [--vision-layers N]
+                                 [--seq-len 2048] [--steps 2] [--warmup 1] [--dtype auto]
+
+Default: Qwen2-VL-2B's published sizes, the LM in NF4, `--freeze vision`, batch 1, one 448×448
+image, text filling --seq-len. The random checkpoint and data are written once to --cache and
+reused. Each side runs in its own process (this script with --side); the vlmsurgeon side calls
+`finetune(RunOptions(...))` itself, so library changes are measured without editing this file.
+Peak memory: VmHWM of the side's process on the CPU (not ru_maxrss, which survives fork+exec and
+would count the parent), torch.cuda.max_memory_allocated on a GPU. The last line reads
+`peak memory ratio R (vlmsurgeon/baseline), step time ratio S`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+@dataclass(frozen=True)
+class Arch:
+    """A published architecture's sizes, laid over the tiny family's config, tokenizer and processor."""
+
+    family: str
+    lm_layers: int
+    vision_layers: int
+    image: int  # the side of the square test image, in pixels
+    text: dict[str, Any]
+    vision: dict[str, Any]
+    top: dict[str, Any] = field(default_factory=dict)
+    image_processor: dict[str, Any] = field(default_factory=dict)
+    processor: dict[str, Any] = field(default_factory=dict)
+    skip: tuple[str, ...] = ()  # what the hand-written loop keeps out of 4-bit
+    merger: str = ""  # trained in full by --freeze vision (peft modules_to_save)
+    lm_root: str = "model.language_model."
+
+
+_QWEN_PIXELS = {"patch_size": 14, "merge_size": 2, "temporal_patch_size": 2,
+                "size": {"shortest_edge": 56 * 56, "longest_edge": 28 * 28 * 1280}}
+ARCHS: dict[str, Arch] = {
+    # Qwen/Qwen2-VL-2B-Instruct config.json
+    "qwen2_vl": Arch(
+        "qwen2_vl", 28, 32, 448,
+        {"hidden_size": 1536, "intermediate_size": 8960, "num_attention_heads": 12,
+         "num_key_value_heads": 2, "head_dim": 128, "vocab_size": 151936, "rms_norm_eps": 1e-6,
+         "max_position_embeddings": 32768, "tie_word_embeddings": True, "initializer_range": 0.02,
+         "rope_parameters": {"rope_type": "default", "mrope_section": [16, 24, 24], "rope_theta": 1e6}},
+        {"depth": 32, "embed_dim": 1280, "hidden_size": 1536, "num_heads": 16, "mlp_ratio": 4,
+         "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2},
+        {"tie_word_embeddings": True}, _QWEN_PIXELS, {"video_processor_kwargs": _QWEN_PIXELS},
+        skip=("model.visual", "lm_head"), merger="model.visual.merger"),
+    # llava-hf/llava-1.5-7b-hf: Vicuna-7B + CLIP ViT-L/14 at 336 px (transformers' LlavaConfig defaults)
+    "llava": Arch(
+        "llava", 32, 24, 336,
+        {"hidden_size": 4096, "intermediate_size": 11008, "num_attention_heads": 32,
+         "num_key_value_heads": 32, "head_dim": 128, "vocab_size": 32064, "rms_norm_eps": 1e-5,
+         "max_position_embeddings": 4096, "initializer_range": 0.02},
+        {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24,
+         "num_attention_heads": 16, "image_size": 336, "patch_size": 14, "projection_dim": 768},
+        {"image_seq_length": 576},
+        {"size": {"shortest_edge": 336}, "crop_size": {"height": 336, "width": 336}},
+        {"patch_size": 14},
+        skip=("model.vision_tower", "model.multi_modal_projector", "lm_head"), merger="model.multi_modal_projector"),
+    # google/gemma-3-4b-it: Gemma 3 4B text + SigLIP so400m at 896 px, 256 tokens per image
+    "gemma3": Arch(
+        "gemma3", 34, 27, 896,
+        {"hidden_size": 2560, "intermediate_size": 10240, "num_attention_heads": 8,
+         "num_key_value_heads": 4, "head_dim": 256, "vocab_size": 262208, "sliding_window": 1024,
+         "query_pre_attn_scalar": 256, "max_position_embeddings": 131072, "initializer_range": 0.02},
+        {"hidden_size": 1152, "intermediate_size": 4304, "num_hidden_layers": 27,
+         "num_attention_heads": 16, "image_size": 896, "patch_size": 14},
+        {"mm_tokens_per_image": 256},
+        {"size": {"height": 896, "width": 896}}, {"image_seq_length": 256},
+        skip=("model.vision_tower", "model.multi_modal_projector", "lm_head"), merger="model.multi_modal_projector"),
+}
+
+
+def _sized(arch: Arch, lm_layers: int, vision_layers: int) -> Arch:
+    """The architecture with its layer counts cut to the ones measured."""
+    text = {**arch.text, "num_hidden_layers": lm_layers}
+    if arch.family == "gemma3":  # five sliding-window layers to one global, as released
+        text["layer_types"] = ["full_attention" if (i + 1) % 6 == 0 else "sliding_attention"
+                               for i in range(lm_layers)]
+    elif arch.family == "qwen2_vl":
+        text["layer_types"] = ["full_attention"] * lm_layers
+    depth = "depth" if "depth" in arch.vision else "num_hidden_layers"
+    return replace(arch, text=text, vision={**arch.vision, depth: vision_layers})
+
+
+def model_dir(cache: Path, arch: str, lm_layers: int, vision_layers: int) -> Path:
+    return cache / f"{arch}-lm{lm_layers}-vision{vision_layers}"
+
+
+def build_model(arch: Arch, out: Path) -> None:
+    """Random bf16 weights + the tiny family's offline tokenizer, with the real image processor."""
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    from vlmsurgeon.tiny import _no_zero_matrices, build_config, build_processor, build_tokenizer
+    from vlmsurgeon.tiny_families import FAMILIES
+
+    tiny = FAMILIES[arch.family]
+
+    def config(tid: Any, vocab: int) -> dict[str, Any]:
+        base = tiny.config(tid, vocab)
+        return {**base, **arch.top, "text_config": {**base["text_config"], **arch.text},
+                "vision_config": {**base["vision_config"], **arch.vision}}
+
+    extra = {k: v for k, v in arch.processor.items() if k != "video_processor_kwargs"}
+    family = replace(tiny, config=config, image_processor_kwargs=arch.image_processor,
+                     processor_kwargs={**tiny.processor_kwargs, **extra},
+                     video_processor_kwargs=arch.processor.get("video_processor_kwargs",
+                                                               tiny.video_processor_kwargs))
+    tokenizer = build_tokenizer(family)
+    tokenizer.model_max_length = 1 << 20  # byte-level: one token per character of a long answer
+    processor = build_processor(family, tokenizer)
+    torch.manual_seed(0)
+    model = AutoModelForImageTextToText.from_config(build_config(family, tokenizer), dtype=torch.bfloat16)
+    _no_zero_matrices(model)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    processor.save_pretrained(tmp)
+    tmp.rename(out)
+
+
+def build_data(model: Path, data: Path, arch: Arch, seq_len: int) -> None:
+    """One image and an answer long enough that the row is exactly seq_len tokens."""
+    from PIL import Image
+
+    from vlmsurgeon.data import load_dataset_rows
+    from vlmsurgeon.train import load_processor, make_collator
+    from vlmsurgeon.runconfig import RunOptions
+
+    data.mkdir(parents=True, exist_ok=True)
+    pixels = bytes((i * 7 + (i // arch.image) * 13) % 256 for i in range(arch.image * arch.image * 3))
+    Image.frombytes("RGB", (arch.image, arch.image), pixels).save(data / "img.png")
+    opts = RunOptions(model=str(model), seq_len=1 << 20)
+    collator = make_collator(load_processor(str(model), opts)[0], opts)
+
+    def write(answer: str) -> int:
+        row = {"messages": [{"role": "user", "content": "<image>Describe the picture."},
+                            {"role": "assistant", "content": answer}], "images": ["img.png"]}
+        (data / "train.jsonl").write_text(json.dumps(row) + "\n")
+        return collator.measure(load_dataset_rows(data / "train.jsonl").samples[0]).tokens
+
+    probe = write("x")
+    words = ("a red square on a white ground " * (seq_len // 8 + 1))[: seq_len - probe + 1]
+    got = write(words)
+    if got != seq_len:
+        raise SystemExit(f"data: row has {got} tokens, wanted {seq_len}")
+
+
+def ensure(cache: Path, arch_name: str, lm_layers: int, vision_layers: int, seq_len: int) -> tuple[Path, Path]:
+    """(model dir, data file), built in a child process the first time (its memory is freed)."""
+    root = model_dir(cache, arch_name, lm_layers, vision_layers)
+    data = root / f"data-{seq_len}"
+    if not (root / "model" / "config.json").is_file() or not (data / "train.jsonl").is_file():
+        subprocess.run([sys.executable, __file__, "--side", "build", "--arch", arch_name, "--cache", str(cache),
+                        "--lm-layers", str(lm_layers), "--vision-layers", str(vision_layers),
+                        "--seq-len", str(seq_len)], check=True)
+    return root / "model", data / "train.jsonl"
+
+
+def _build_side(args: argparse.Namespace) -> None:
+    arch = _sized(ARCHS[args.arch], args.lm_layers, args.vision_layers)
+    root = model_dir(Path(args.cache), args.arch, args.lm_layers, args.vision_layers)
+    root.mkdir(parents=True, exist_ok=True)
+    if not (root / "model" / "config.json").is_file():
+        build_model(arch, root / "model")
+    build_data(root / "model", root / f"data-{args.seq_len}", arch, args.seq_len)
+
+
+def status_kib(key: str) -> int:
+    return int(Path("/proc/self/status").read_text().split(key + ":")[1].split()[0])
+
+
+def run_vlmsurgeon(model: Path, data: Path, args: argparse.Namespace) -> tuple[list[float], dict[str, float]]:
+    """`finetune` as the CLI runs it, with a step timer added to its Trainer's callbacks."""
+    import torch
+    from transformers import TrainerCallback
+
+    import vlmsurgeon.trainer_parts as parts
+    from vlmsurgeon.runconfig import RunOptions
+    from vlmsurgeon.train import finetune
+
+    times: list[float] = []
+    marks: dict[str, float] = {}
+
+    class StepTimer(TrainerCallback):
+        def on_train_begin(self, *a: Any, **k: Any) -> None:
+            # what loading and preparing left resident, and its transient high-water mark
+            marks.update(rss_train_begin_mib=status_kib("VmRSS") / 1024,
+                         peak_before_train_mib=status_kib("VmHWM") / 1024)
+
+        def on_step_begin(self, *a: Any, **k: Any) -> None:
+            self.start = time.perf_counter()
+
+        def on_step_end(self, *a: Any, **k: Any) -> None:
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - self.start)
+
+    original = parts.make_trainer
+
+    def make_trainer(*a: Any, **k: Any) -> Any:
+        k["callbacks"] = [*k.get("callbacks", []), StepTimer()]
+        return original(*a, **k)
+
+    parts.make_trainer = make_trainer
+    with tempfile.TemporaryDirectory(dir=args.cache) as tmp:
+        finetune(RunOptions(model=str(model), data=str(data), output=str(Path(tmp) / "run"), freeze="vision",
+                            steps=args.warmup + args.steps, seq_len=args.seq_len, batch_size=1, lr=2e-4,
+                            dtype=args.dtype, seed=0))
+    return times, marks
+
+
+def run_baseline(model: Path, data: Path, args: argparse.Namespace) -> tuple[list[float], dict[str, float]]:
+    """The recipe of the peft / transformers docs, written by hand with the same libraries."""
+    import torch
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from transformers import AutoModelForImageTextToText, AutoProcessor, BitsAndBytesConfig, set_seed
+
+    from vlmsurgeon.collate import Collator
+    from vlmsurgeon.data import load_dataset_rows
+
+    arch = ARCHS[args.arch]
+    cuda = torch.cuda.is_available()
+    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                               bnb_4bit_compute_dtype=dtype, llm_int8_skip_modules=list(arch.skip))
+    net = AutoModelForImageTextToText.from_pretrained(model, quantization_config=quant, dtype=dtype)
+    net = prepare_model_for_kbit_training(net, use_gradient_checkpointing=True,
+                                          gradient_checkpointing_kwargs={"use_reentrant": False})
+    targets = [n for n, m in net.named_modules() if isinstance(m, torch.nn.Linear) and n.startswith(arch.lm_root)]
+    set_seed(0)
+    net = get_peft_model(net, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules=targets,
+                                         modules_to_save=[arch.merger]))
+    batch = Collator(AutoProcessor.from_pretrained(model), args.seq_len)(load_dataset_rows(data).samples)
+    device = "cuda" if cuda else "cpu"
+    batch = {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
+    labels = batch.pop("labels")
+    params = [p for p in net.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=2e-4, weight_decay=0.0)
+    net.train()
+    times = []
+    marks = {"rss_train_begin_mib": status_kib("VmRSS") / 1024, "peak_before_train_mib": status_kib("VmHWM") / 1024}
+    for _ in range(args.warmup + args.steps):
+        start = time.perf_counter()
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=cuda and args.dtype == "bf16"):
+            loss = net(**batch, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)  # Trainer's default max_grad_norm
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if cuda:
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return times, marks
+
+
+def _side(args: argparse.Namespace) -> None:
+    import torch  # noqa: F401  (imports first: the RSS after them is the baseline)
+    import bitsandbytes  # noqa: F401
+    import peft  # noqa: F401
+    import transformers  # noqa: F401
+
+    model, data = Path(args.model), Path(args.data)
+    if args.side == "vlmsurgeon":
+        import vlmsurgeon.train  # noqa: F401
+        import vlmsurgeon.trainer_parts  # noqa: F401
+    after_imports = status_kib("VmRSS")
+    times, marks = (run_vlmsurgeon if args.side == "vlmsurgeon" else run_baseline)(model, data, args)
+    result = {"side": args.side, "step_s": times[args.warmup:], "all_steps_s": times, **marks,
+              "peak_rss_mib": status_kib("VmHWM") / 1024, "rss_after_imports_mib": after_imports / 1024}
+    if torch.cuda.is_available():
+        result["peak_cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    print("RESULT " + json.dumps(result))
+
+
+def measure(side: str, model: Path, data: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """One side in its own process; its stderr (progress) passes through."""
+    cmd = [sys.executable, __file__, "--side", side, "--model", str(model), "--data", str(data),
+           "--arch", args.arch, "--seq-len", str(args.seq_len), "--steps", str(args.steps),
+           "--warmup", str(args.warmup), "--dtype", args.dtype, "--cache", str(args.cache)]
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    if proc.returncode or not lines:
+        raise SystemExit(f"{side} side failed (exit {proc.returncode}):\n{proc.stdout[-2000:]}")
+    return json.loads(lines[-1][7:])
+
+
+def resolve_dtype(requested: str) -> tuple[str, str]:
+    """(dtype, why). bf16 on a GPU; on a CPU only with native bf16 (AVX512-BF16 / AMX), else
+    fp32: without it bf16 matmuls are emulated and several times slower than fp32 (measured)."""
+    import torch
+
+    if requested != "auto":
+        return requested, "as asked"
+    if torch.cuda.is_available():
+        return "bf16", "GPU"
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    if "avx512_bf16" in flags or "amx_bf16" in flags:
+        return "bf16", "CPU with native bf16"
+    return "fp32", "CPU without native bf16 (no avx512_bf16/amx_bf16): bf16 would be emulated"
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", choices=sorted(ARCHS), default="qwen2_vl")
+    parser.add_argument("--lm-layers", type=int, help="default: the published count")
+    parser.add_argument("--vision-layers", type=int, help="default: the published count")
+    parser.add_argument("--seq-len", type=int, default=2048)
+    parser.add_argument("--steps", type=int, default=2, help="timed steps, after --warmup")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--dtype", choices=("auto", "bf16", "fp32"), default="auto")
+    parser.add_argument("--cache", type=Path, default=Path("/tmp/vlms-bench"))
+    parser.add_argument("--side", choices=("vlmsurgeon", "baseline", "build"), help=argparse.SUPPRESS)
+    parser.add_argument("--model", help=argparse.SUPPRESS)
+    parser.add_argument("--data", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    arch = ARCHS[args.arch]
+    args.lm_layers = args.lm_layers or arch.lm_layers
+    args.vision_layers = args.vision_layers or arch.vision_layers
+    return args
+
+
+def main() -> None:
+    args = parse()
+    if args.side == "build":
+        return _build_side(args)
+    if args.side:
+        return _side(args)
+    args.dtype, why = resolve_dtype(args.dtype)
+    model, data = ensure(args.cache, args.arch, args.lm_layers, args.vision_layers, args.seq_len)
+    print(f"{args.arch} (published sizes, random weights), LM {args.lm_layers} of {ARCHS[args.arch].lm_layers} "
+          f"layers in NF4, vision {args.vision_layers} of {ARCHS[args.arch].vision_layers} layers, --freeze vision, "
+          f"seq {args.seq_len}, batch 1, one {ARCHS[args.arch].image}px image; dtype {args.dtype} ({why}); "
+          f"{args.warmup} warm-up + {args.steps} timed step(s); load average {os.getloadavg()[0]:.1f}", flush=True)
+    sides = {side: measure(side, model, data, args) for side in ("baseline", "vlmsurgeon")}
+    key = "peak_cuda_mib" if "peak_cuda_mib" in sides["baseline"] else "peak_rss_mib"
+    for side, r in sides.items():
+        mean = sum(r["step_s"]) / len(r["step_s"])
+        r["mean_step_s"] = mean
+        print(f"{side:10s} peak {r[key]:8.0f} MiB ({key}; RSS after imports {r['rss_after_imports_mib']:.0f} MiB)"
+              f"  mean step {mean:8.2f} s  steps {[round(s, 2) for s in r['all_steps_s']]}")
+    ratio = sides["vlmsurgeon"][key] / sides["baseline"][key]
+    step = sides["vlmsurgeon"]["mean_step_s"] / sides["baseline"]["mean_step_s"]
+    print(f"peak memory ratio {ratio:.2f} (vlmsurgeon/baseline), step time ratio {step:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,128 @@
+"""`plan`'s memory estimate against the peak that `finetune` reaches, for three architectures at
+their published widths (layer counts reduced): Qwen2-VL-2B, LLaVA-1.5-7B, Gemma 3 4B (issue 16).
+
+    python bench/plan_vs_measured.py [--lm-layers 1] [--vision-layers 2] [--seq-len 2048]
+
+For each: the random checkpoint from bench/memory_bench.py, `vlmsurgeon plan DIR --freeze vision
+--seq-len S --batch-size 1 --image-tokens N --json` (N: what the processor really writes for the
+image), and one `finetune` step in its own process. Measured = peak RSS (VmHWM) minus the RSS
+after imports: the estimate prices tensors, not the ~0.8 GiB of torch/transformers code and
+allocator state every process has before it loads a weight. `plan` prices bf16; on a CPU without
+native bf16 the run is fp32, so the estimate is also recomputed with 4-byte halves (memory.HALF = 4)
+and that figure is the one compared (on a GPU: bf16, torch.cuda.max_memory_allocated, as is)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import memory_bench as mb  # noqa: E402
+
+ARCHS = ("qwen2_vl", "llava", "gemma3")
+
+
+def image_tokens(model: Path, data: Path) -> int:
+    from vlmsurgeon.collate import Collator
+    from vlmsurgeon.data import load_dataset_rows
+    from vlmsurgeon.train import load_processor
+    from vlmsurgeon.runconfig import RunOptions
+
+    processor = load_processor(str(model), RunOptions(model=str(model)))[0]
+    return Collator(processor, 1 << 20).measure(load_dataset_rows(data).samples[0]).image_tokens
+
+
+def plan_cli(model: Path, seq_len: int, tokens: int) -> dict[str, Any]:
+    cmd = [str(Path(sys.executable).with_name("vlmsurgeon")), "plan", str(model), "--freeze", "vision",
+           "--seq-len", str(seq_len), "--batch-size", "1", "--image-tokens", str(tokens), "--json"]
+    return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)["memory"]
+
+
+def plan_fp32(model: Path, seq_len: int, tokens: int) -> dict[str, Any] | None:
+    """The same estimate with every 2-byte (bf16) price at 4 bytes: what the formula says for an
+    fp32 run. None when memory.py no longer has that constant."""
+    import vlmsurgeon.memory as memory
+    from vlmsurgeon.plan import PlanSettings, plan_model
+
+    if not hasattr(memory, "HALF"):
+        return None
+    saved, memory.HALF = memory.HALF, 4
+    try:
+        result = plan_model(str(model), freeze="vision",
+                            settings=PlanSettings(seq_len=seq_len, batch_size=1, image_tokens=tokens))
+        return result.memory.to_json()
+    finally:
+        memory.HALF = saved
+
+
+def mib(n: float) -> str:
+    return f"{n / 2**20:,.0f}"
+
+
+def one(arch: str, args: argparse.Namespace) -> dict[str, Any]:
+    vision = max(args.vision_layers, 2) if arch == "llava" else args.vision_layers  # feature layer -2
+    model, data = mb.ensure(args.cache, arch, args.lm_layers, vision, args.seq_len)
+    tokens = image_tokens(model, data)
+    side = mb.parse(["--arch", arch, "--seq-len", str(args.seq_len), "--steps", "1", "--warmup", "0",
+                     "--dtype", args.dtype, "--cache", str(args.cache)])
+    measured = mb.measure("vlmsurgeon", model, data, side)
+    cuda = "peak_cuda_mib" in measured
+    estimate = plan_cli(model, args.seq_len, tokens)
+    compared = estimate if cuda or args.dtype == "bf16" else plan_fp32(model, args.seq_len, tokens)
+    peak = measured["peak_cuda_mib"] if cuda else measured["peak_rss_mib"] - measured["rss_after_imports_mib"]
+    peak_bytes = peak * 2**20
+    row = {"arch": arch, "lm_layers": args.lm_layers, "vision_layers": vision, "image_tokens": tokens,
+           "plan_bf16": estimate, "plan_compared": compared, "measured": measured,
+           "measured_bytes": peak_bytes}
+    if compared is not None:
+        row["error_pct"] = 100 * (compared["total"] - peak_bytes) / peak_bytes
+    return row
+
+
+def report(row: dict[str, Any]) -> None:
+    est, m = row["plan_compared"], row["measured"]
+    print(f"\n{row['arch']}: LM {row['lm_layers']} layers, vision {row['vision_layers']}, "
+          f"{row['image_tokens']} image tokens")
+    print(f"  plan (bf16, as the CLI prints) total {mib(row['plan_bf16']['total'])} MiB")
+    if est is None:
+        print("  no fp32 figure (memory.HALF is gone): compare by hand")
+        return
+    parts = ", ".join(f"{k} {mib(est[k])}" for k in ("weights", "adapters", "gradients", "optimizer",
+                                                     "activations", "logits"))
+    print(f"  plan as run: {parts}; total {mib(est['total'])} MiB")
+    loaded = m.get("rss_train_begin_mib", 0) - m["rss_after_imports_mib"]
+    print(f"  measured: after imports {m['rss_after_imports_mib']:,.0f} MiB; loaded+prepared +{loaded:,.0f}; "
+          f"load high-water +{m.get('peak_before_train_mib', 0) - m['rss_after_imports_mib']:,.0f}; "
+          f"step peak +{mib(row['measured_bytes'])} MiB")
+    print(f"  error {row['error_pct']:+.1f} % (plan vs measured; goal within ±15 %)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", action="append", choices=ARCHS, help="default: all three")
+    parser.add_argument("--lm-layers", type=int, default=1)
+    parser.add_argument("--vision-layers", type=int, default=1)
+    parser.add_argument("--seq-len", type=int, default=2048)
+    parser.add_argument("--dtype", choices=("auto", "bf16", "fp32"), default="auto")
+    parser.add_argument("--cache", type=Path, default=Path("/tmp/vlms-bench"))
+    parser.add_argument("--json", type=Path, help="also write the rows here")
+    args = parser.parse_args()
+    args.dtype, why = mb.resolve_dtype(args.dtype)
+    print(f"dtype {args.dtype} ({why}); seq {args.seq_len}, batch 1, --freeze vision, 1 step each")
+    rows = []
+    for arch in args.arch or ARCHS:
+        rows.append(one(arch, args))
+        report(rows[-1])
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+    print("\n" + ", ".join(f"{r['arch']} {r['error_pct']:+.1f} %" for r in rows if "error_pct" in r))
+
+
+if __name__ == "__main__":
+    main()
