@@ -20,7 +20,8 @@ setup: $(STAMP)
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 HF_HUB_DISABLE_PROGRESS_BARS=1 $(PY) -m pytest -q -m "not sweep"
 
-# every family `tiny` lists through finetune → merge --verify → reload (CI runs it after `test`)
+# every family `tiny` lists through finetune → merge --verify → reload, and the probe on every
+# family inspect covers (CI runs it after `test`)
 sweep: $(STAMP)
 	HF_HUB_OFFLINE=1 HF_HUB_DISABLE_PROGRESS_BARS=1 $(PY) -m pytest -q -m sweep
 

@@ -26,7 +26,23 @@ def test_qlora_estimate_by_hand():
     per_layer = 2 * (9 * 64 + 3 * 128)  # bytes per token and layer
     assert e.activations == tokens * 2 * 2 * 64 + tokens * per_layer  # vision frozen: no vision term
     assert e.activations_no_ckpt == tokens * 2 * per_layer
-    assert e.logits == 2 * 8 * 10 * 4 * 2
+    # chunked cross-entropy (the default): one chunk's logits, softmax and gradient (here the whole
+    # batch fits one chunk), plus the head's input and its gradient, all fp32
+    assert e.logits == 3 * 4 * (2 * 8 * 10) + 2 * 4 * (2 * 8 * 64)
+    plain = estimate(parts, lm=lm, vision=Dims(32, 64, 2), vocab=10, batch=2, seq_len=8,
+                     vision_tokens=16, checkpointing=True, chunked=False)
+    assert plain.logits == 2 * 8 * 10 * 4 * 2  # --no-chunked-loss: every logit and its gradient
+
+
+def test_chunked_logits_are_one_chunk_at_a_real_vocabulary():
+    parts = {"lm": ComponentMemory(params=100, linear=64, quantized=False, full_trainable=0, lora_trainable=64)}
+    e = estimate(parts, lm=Dims(1536, 8960, 28), vision=None, vocab=151_936, batch=1, seq_len=2048,
+                 vision_tokens=0)
+    # 2048 rows in at most 8 chunks: 256 rows of 151,936 fp32 logits (445 MiB for three) + 24 MiB
+    assert e.logits == 3 * 4 * 256 * 151_936 + 2 * 4 * 2048 * 1536
+    plain = estimate(parts, lm=Dims(1536, 8960, 28), vision=None, vocab=151_936, batch=1, seq_len=2048,
+                     vision_tokens=0, chunked=False)
+    assert plain.logits == 2048 * 151_936 * 8  # 2.32 GiB
     assert e.total == e.weights + e.adapters + e.gradients + e.optimizer + e.activations + e.logits
 
 

@@ -13,6 +13,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # also run as a script: python tests/test_probe_coverage.py FAMILY…
 
@@ -69,6 +71,7 @@ def run_chunk(families: list[str]) -> dict[str, dict]:
     return results
 
 
+@pytest.mark.sweep  # every family, like the training sweep: `make sweep` (CI runs both)
 def test_probe_coverage_of_the_families_inspect_covers(capsys):
     families = [m for m in _architectures() if m not in UNBUILDABLE and m not in NO_VISION]
     chunks = [families[0::2], families[1::2]]

@@ -138,6 +138,8 @@ def plan(
     max_pixels: Optional[int] = typer.Option(None, "--max-pixels",
                                              help="Pixel budget per image (Qwen-style): sets the image tokens."),
     no_ckpt: bool = typer.Option(False, "--no-gradient-checkpointing", help="Estimate without it."),
+    no_chunked: bool = typer.Option(False, "--no-chunked-loss", help="Price the full logits, as finetune "
+                                                                     "--no-chunked-loss holds them."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="RUN.yaml with any of these options."),
     as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON only."),
     probe: bool = typer.Option(False, "--probe", help="Run one backward pass on a narrow replica and name "
@@ -162,7 +164,8 @@ def plan(
 
     opts = merge_options(config, model=model, preset=preset, freeze=freeze, seq_len=seq_len,
                          batch_size=batch_size, image_tokens=image_tokens, max_pixels=max_pixels,
-                         gradient_checkpointing=False if no_ckpt else None, quantize=quantize)
+                         gradient_checkpointing=False if no_ckpt else None, quantize=quantize,
+                         chunked_loss=False if no_chunked else None)
     scale = scale_request(gpus, strategy, gpu_memory)
     probe = probe or opts.probe
     if strict and not probe:  # before the model is built: --strict alone would check nothing
@@ -170,7 +173,7 @@ def plan(
                        "add --probe (or probe: true in the config), or drop --strict")
     from_pixels = opts.max_pixels if image_tokens is None else None  # an explicit --image-tokens wins
     settings = PlanSettings(opts.seq_len, opts.batch_size, opts.image_tokens, opts.gradient_checkpointing,
-                            max_pixels=from_pixels)
+                            max_pixels=from_pixels, chunked_loss=opts.chunked_loss)
     result = plan_model(opts.require_model(), preset=opts.preset, freeze=opts.freeze, settings=settings,
                         trust_remote_code=trust_remote_code, revision=revision, probe=probe,
                         quantize=opts.quantize, scale=scale)

@@ -1,6 +1,8 @@
 """Chunked cross-entropy for training. The model runs with its output head swapped for a
 pass-through and its loss function swapped for ours: that calls the real head on label positions
-only, a few rows at a time, each chunk under checkpoint (recomputed in backward), so the
+only, some rows at a time (at least 2^22 logits, at most 8 chunks: memory.chunk_rows); a frozen
+head gives its input's gradient in the same pass, a head that trains recomputes each chunk in
+backward (checkpoint). So the
 `batch × seq × vocab` logits and their gradient never exist at once. Everything else the forward
 does with labels (masks, router aux losses, `num_items_in_batch`) stays the model's own."""
 
@@ -18,8 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-# Logits held per chunk (16 MiB in fp32): 27 rows of a 151,936-token vocabulary, 128 of 32,768.
-CHUNK_ELEMENTS = 1 << 22
+from .memory import chunk_rows
 
 Transform = Optional[Callable[[Any], Any]]
 
@@ -97,7 +98,7 @@ class ChunkedLoss:
     head_name: str
     transform: Transform
     vocab_size: int
-    rows: int | None = None  # rows per chunk; None: CHUNK_ELEMENTS // vocab
+    rows: int | None = None  # rows per chunk; None: memory.chunk_rows (>= 2^22 logits, <= 8 chunks)
 
     @contextlib.contextmanager
     def installed(self, model: Any) -> Iterator[None]:
@@ -107,10 +108,11 @@ class ChunkedLoss:
         capture = Capture()
         had_own = "_loss_function" in base.__dict__
         previous = base.__dict__.get("_loss_function")
-        rows = self.rows or max(1, CHUNK_ELEMENTS // self.vocab_size)
+        rows = self.rows
         setattr(owner, self.head_name, capture)
         base.loss_function = functools.partial(chunked_causal_lm_loss, capture=capture, head=head,
-                                               transform=self.transform, rows=rows)
+                                               transform=self.transform, rows=rows,
+                                               vocab=self.vocab_size)
         try:
             yield
         finally:
@@ -138,7 +140,7 @@ def chunked_loss_for(model: Any) -> tuple[ChunkedLoss | None, str | None]:
 def chunked_causal_lm_loss(logits: Any, labels: Any, vocab_size: int | None = None,
                            num_items_in_batch: Any = None, ignore_index: int = -100,
                            shift_labels: Any = None, *, capture: Capture, head: Any, transform: Transform,
-                           rows: int, **kwargs: Any) -> Any:
+                           rows: int | None, vocab: int, **kwargs: Any) -> Any:
     """transformers' ForCausalLMLoss (position t predicts t+1, -100 ignored, fp32, a sum over
     `num_items_in_batch` or a mean over counted tokens) computed from the head's input, which the
     pass-through captured; `logits` is only that pass-through's output and is not used."""
@@ -151,6 +153,7 @@ def chunked_causal_lm_loss(logits: Any, labels: Any, vocab_size: int | None = No
     states = hidden.reshape(-1, hidden.shape[-1]).index_select(0, keep)
     targets = targets.index_select(0, keep)
     piece = functools.partial(_chunk_loss, head=head, transform=transform)
+    rows = rows or chunk_rows(targets.numel(), vocab)
     if not any(p.requires_grad for p in head.parameters()):
         total = _FrozenHeadLoss.apply(states, targets, piece, rows)
     else:  # a head that trains needs its own gradients: each chunk recomputed in backward

@@ -59,6 +59,27 @@ class Estimate:
         return {**asdict(self), "total": self.total, "total_no_ckpt": self.total_no_ckpt}
 
 
+# The chunked cross-entropy's chunks (loss.py uses the same rule): at least 2^22 logits (16 MiB in
+# fp32), and at most MAX_CHUNKS chunks, because each chunk reads the whole head again (a 151,936 ×
+# 1,536 head is 0.9 GB in fp32): on a CPU, bandwidth-bound, 76 chunks made a step 1.6x slower.
+CHUNK_ELEMENTS = 1 << 22
+MAX_CHUNKS = 8
+
+
+def chunk_rows(rows: int, vocab: int) -> int:
+    """Label positions per chunk of the chunked cross-entropy."""
+    return max(1, CHUNK_ELEMENTS // max(vocab, 1), -(-rows // MAX_CHUNKS))
+
+
+def logits_bytes(batch: int, seq_len: int, vocab: int, hidden: int, chunked: bool) -> int:
+    """fp32 logits and their gradient for the whole batch (the model's own loss); chunked: one
+    chunk's logits, softmax and gradient, plus the head's input kept and its gradient (fp32)."""
+    if not chunked:
+        return batch * seq_len * vocab * 4 * 2
+    tokens = batch * seq_len
+    return 3 * 4 * min(tokens, chunk_rows(tokens, vocab)) * vocab + 2 * 4 * tokens * hidden
+
+
 def weight_bytes(c: ComponentMemory) -> int:
     if c.quantized:
         return int(c.linear * NF4_BITS / 8) + HALF * (c.params - c.linear)
@@ -77,10 +98,11 @@ def stack_activations(dims: Dims | None, tokens: int, checkpointing: bool) -> in
 
 def estimate(components: dict[str, ComponentMemory], *, lm: Dims | None, vision: Dims | None,
              vocab: int, batch: int, seq_len: int, vision_tokens: int,
-             checkpointing: bool = True) -> Estimate:
+             checkpointing: bool = True, chunked: bool = True) -> Estimate:
     """Weights (4-bit NF4 with double quant for quantized Linear weights, bf16 otherwise),
     fp32 LoRA adapters, gradients and two AdamW states in each trainable tensor's dtype,
-    activations of the LM (and of the vision encoder when it trains), fp32 logits + grad."""
+    activations of the LM (and of the vision encoder when it trains), the loss's logits
+    (one chunk with the chunked cross-entropy, all of them without)."""
     full = sum(c.full_trainable for c in components.values())
     lora = sum(c.lora_trainable for c in components.values())
     trains_before_head = any(c.full_trainable or c.lora_trainable
@@ -97,7 +119,7 @@ def estimate(components: dict[str, ComponentMemory], *, lm: Dims | None, vision:
         optimizer=2 * (LORA_BYTES * lora + HALF * full),
         activations=stack_activations(lm, tokens, checkpointing) + stack_activations(vision, patches, checkpointing),
         activations_no_ckpt=stack_activations(lm, tokens, False) + stack_activations(vision, patches, False),
-        logits=(batch * seq_len * vocab * 4 * 2) if trains else 0,
+        logits=logits_bytes(batch, seq_len, vocab, lm.hidden if lm else 0, chunked) if trains else 0,
     )
 
 

@@ -31,6 +31,7 @@ class PlanSettings:
     image_tokens: int = 256
     gradient_checkpointing: bool = True
     max_pixels: int | None = None  # when set, image_tokens is derived from it (Qwen-style budgets)
+    chunked_loss: bool = True  # finetune's default; --no-chunked-loss holds the full logits
 
 
 @dataclass
@@ -167,7 +168,7 @@ def _estimate(report: Breakdown, applied: Applied, loading: Loading, config: Any
             full_trainable=(state.trainable - lora) if state else 0, lora_trainable=lora)
     return estimate(parts, lm=lm, vision=vision, vocab=vocab, batch=settings.batch_size,
                     seq_len=settings.seq_len, vision_tokens=settings.image_tokens * merge,
-                    checkpointing=settings.gradient_checkpointing)
+                    checkpointing=settings.gradient_checkpointing, chunked=settings.chunked_loss)
 
 
 def _param_bytes(tree: Node, quantized: tuple[str, ...]) -> tuple[int, int]:
