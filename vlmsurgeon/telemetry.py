@@ -14,6 +14,7 @@ from typing import Any, Sequence
 from transformers import TrainerCallback
 
 from .errors import BadInput
+from .report import percent
 
 # --report-to value -> the package transformers' integration needs
 REPORTERS = {"tensorboard": "tensorboard", "wandb": "wandb"}
@@ -36,10 +37,9 @@ def summary_lines(applied: Any, opts: Any, quantized: bool, max_steps: int, refe
     not, steps."""
     total = sum(c.total for c in applied.components.values())
     trainable = applied.trainable
-    share = 100 * trainable / total if total else 0.0
     lines = [f"model: {reference} ({model_type}) · "
              + ("LM in 4-bit NF4 (double quant)" if quantized else "not quantized"),
-             f"trains: {trainable:,} of {total:,} parameters ({share:.2f}%)"]
+             f"trains: {trainable:,} of {total:,} parameters ({percent(trainable, total)})"]
     for name, state in applied.components.items():
         lines.append(f"  {name:<9} {state.total:>14,}  {state.describe}"
                      + (f" · {state.trainable:,} trainable" if state.trainable else ""))
