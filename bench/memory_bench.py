@@ -188,6 +188,33 @@ def status_kib(key: str) -> int:
     return int(Path("/proc/self/status").read_text().split(key + ":")[1].split()[0])
 
 
+def reset_peak() -> bool:
+    """Start VmHWM again from the current RSS (Linux: "5" to clear_refs), so that training's own
+    peak is read apart from loading's. False where the kernel does not allow it."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+class PhasePeaks:
+    """Peak RSS of each phase of a step: forward, backward (through clip), optimizer step. Each
+    mark reads VmHWM and starts it again; `train` keeps the highest since training began."""
+
+    def __init__(self) -> None:
+        self.peaks: dict[str, float] = {}
+        self.ok = reset_peak()
+
+    def mark(self, phase: str) -> None:
+        if not self.ok:
+            return
+        peak = status_kib("VmHWM") / 1024
+        self.peaks[phase] = max(self.peaks.get(phase, 0.0), peak)
+        self.peaks["train"] = max(self.peaks.get("train", 0.0), peak)
+        reset_peak()
+
+
 def run_vlmsurgeon(model: Path, data: Path, args: argparse.Namespace) -> tuple[list[float], dict[str, float]]:
     """`finetune` as the CLI runs it, with a step timer added to its Trainer's callbacks."""
     import torch
@@ -198,21 +225,29 @@ def run_vlmsurgeon(model: Path, data: Path, args: argparse.Namespace) -> tuple[l
     from vlmsurgeon.train import finetune
 
     times: list[float] = []
-    marks: dict[str, float] = {}
+    marks: dict[str, Any] = {}
 
     class StepTimer(TrainerCallback):
-        def on_train_begin(self, *a: Any, **k: Any) -> None:
+        def on_train_begin(self, *a: Any, model: Any = None, **k: Any) -> None:
             # what loading and preparing left resident, and its transient high-water mark
             marks.update(rss_train_begin_mib=status_kib("VmRSS") / 1024,
                          peak_before_train_mib=status_kib("VmHWM") / 1024)
+            self.phases = PhasePeaks()
+            marks["phase_peaks_mib"] = self.phases.peaks
+            if model is not None:
+                model.register_forward_hook(lambda *_: self.phases.mark("forward"))
 
         def on_step_begin(self, *a: Any, **k: Any) -> None:
             self.start = time.perf_counter()
+
+        def on_pre_optimizer_step(self, *a: Any, **k: Any) -> None:
+            self.phases.mark("backward")
 
         def on_step_end(self, *a: Any, **k: Any) -> None:
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - self.start)
+            self.phases.mark("optimizer")
 
     original = parts.make_trainer
 
@@ -257,18 +292,24 @@ def run_baseline(model: Path, data: Path, args: argparse.Namespace) -> tuple[lis
     optimizer = torch.optim.AdamW(params, lr=2e-4, weight_decay=0.0)
     net.train()
     times = []
-    marks = {"rss_train_begin_mib": status_kib("VmRSS") / 1024, "peak_before_train_mib": status_kib("VmHWM") / 1024}
+    marks: dict[str, Any] = {"rss_train_begin_mib": status_kib("VmRSS") / 1024,
+                             "peak_before_train_mib": status_kib("VmHWM") / 1024}
+    phases = PhasePeaks()
+    marks["phase_peaks_mib"] = phases.peaks
     for _ in range(args.warmup + args.steps):
         start = time.perf_counter()
         with torch.autocast(device, dtype=torch.bfloat16, enabled=cuda and args.dtype == "bf16"):
             loss = net(**batch, labels=labels).loss
+        phases.mark("forward")
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)  # Trainer's default max_grad_norm
+        phases.mark("backward")
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if cuda:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
+        phases.mark("optimizer")
     return times, marks
 
 
@@ -284,8 +325,11 @@ def _side(args: argparse.Namespace) -> None:
         import vlmsurgeon.trainer_parts  # noqa: F401
     after_imports = status_kib("VmRSS")
     times, marks = (run_vlmsurgeon if args.side == "vlmsurgeon" else run_baseline)(model, data, args)
+    # the phases restart VmHWM: the process's peak is the highest of loading's and theirs
+    peaks = [status_kib("VmHWM") / 1024, marks.get("peak_before_train_mib", 0.0),
+             *marks.get("phase_peaks_mib", {}).values()]
     result = {"side": args.side, "step_s": times[args.warmup:], "all_steps_s": times, **marks,
-              "peak_rss_mib": status_kib("VmHWM") / 1024, "rss_after_imports_mib": after_imports / 1024}
+              "peak_rss_mib": max(peaks), "rss_after_imports_mib": after_imports / 1024}
     if torch.cuda.is_available():
         result["peak_cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20
     print("RESULT " + json.dumps(result))

@@ -94,12 +94,14 @@ def report(row: dict[str, Any]) -> None:
         print("  no fp32 figure (memory.HALF is gone): compare by hand")
         return
     parts = ", ".join(f"{k} {mib(est[k])}" for k in ("weights", "adapters", "gradients", "optimizer",
-                                                     "activations", "logits"))
+                                                     "activations", "logits", "backward") if k in est)
     print(f"  plan as run: {parts}; total {mib(est['total'])} MiB")
     loaded = m.get("rss_train_begin_mib", 0) - m["rss_after_imports_mib"]
-    print(f"  measured: after imports {m['rss_after_imports_mib']:,.0f} MiB; loaded+prepared +{loaded:,.0f}; "
-          f"load high-water +{m.get('peak_before_train_mib', 0) - m['rss_after_imports_mib']:,.0f}; "
-          f"step peak +{mib(row['measured_bytes'])} MiB")
+    base = m["rss_after_imports_mib"]
+    phases = "; ".join(f"{k} +{v - base:,.0f}" for k, v in m.get("phase_peaks_mib", {}).items() if k != "train")
+    print(f"  measured: after imports {base:,.0f} MiB; loaded+prepared +{loaded:,.0f}; "
+          f"load high-water +{m.get('peak_before_train_mib', 0) - base:,.0f}; phase peaks: {phases or 'n/a'}; "
+          f"peak +{mib(row['measured_bytes'])} MiB")
     print(f"  error {row['error_pct']:+.1f} % (plan vs measured; goal within ±15 %)")
 
 

@@ -125,3 +125,27 @@ def test_three_formats_give_the_same_samples(tmp_path):
         assert x.messages == y.messages == z.messages
         assert [p.name for p in x.images] == [p.name for p in y.images]  # each relative to its file
         assert len(z.images) == 1 and isinstance(z.images[0], (bytes, Path))  # read undecoded
+
+
+def test_gemma3_counts_its_soft_image_tokens_not_the_marker(tiny_models, folder):
+    """Gemma3Processor's own image_token_id is <start_of_image> (one per image); the image's
+    embeddings go to the <image_soft_token>s after it. Counting the marker read 1 token per image
+    and put the media's end before the soft tokens, so a --seq-len cutting through them passed."""
+    from transformers import AutoConfig, AutoProcessor
+
+    from vlmsurgeon.errors import BadInput
+
+    model = tiny_models("gemma3")
+    processor = AutoProcessor.from_pretrained(model)
+    per_image = AutoConfig.from_pretrained(model).mm_tokens_per_image
+    soft = processor.tokenizer.image_token_id
+    assert processor.image_token_id != soft  # the quirk this guards against
+    sample = load_dataset_rows(write_rows(folder, [TWO_TURNS])).samples[0]
+    stats = Collator(processor, 512).measure(sample)
+    ids = Collator(processor, 512).full_encoding(sample)["input_ids"][0].tolist()
+    where = [i for i, t in enumerate(ids) if t == soft]
+    assert stats.image_tokens == per_image == len(where)
+    assert stats.media_end == where[-1] + 1
+    cut = Collator(processor, where[1])  # the row ends inside the image's soft tokens
+    with pytest.raises(BadInput, match="media tokens run past --seq-len"):
+        cut.truncate(cut.full_encoding(sample), sample)

@@ -161,3 +161,19 @@ def test_offload_activations_needs_checkpointing():
         "--offload-activations offloads the inputs gradient checkpointing keeps, and "
         "--no-gradient-checkpointing turns that off (try: drop one of the two)")
     check_offload(RunOptions())  # off: nothing to check
+
+
+def test_training_configs_build_no_cache_and_the_saved_config_is_untouched(tiny_models):
+    """Under checkpointing no KV cache is built in training (transformers used to turn it off itself
+    and warn on every run); the checkpoint's own config keeps what it said."""
+    import json
+
+    from vlmsurgeon.train import _load_model
+
+    model_dir = tiny_models("qwen2_vl")
+    run = _run(model_dir)
+    model, _ = _load_model(run)
+    configs = {id(m.config): m.config for m in model.modules() if getattr(m, "config", None) is not None}
+    assert configs and all(getattr(c, "use_cache", False) is False for c in configs.values())
+    saved = json.loads((model_dir / "config.json").read_text())
+    assert saved["text_config"].get("use_cache", True) is True

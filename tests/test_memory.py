@@ -32,6 +32,30 @@ def test_qlora_estimate_by_hand():
     plain = estimate(parts, lm=lm, vision=Dims(32, 64, 2), vocab=10, batch=2, seq_len=8,
                      vision_tokens=16, checkpointing=True, chunked=False)
     assert plain.logits == 2 * 8 * 10 * 4 * 2  # --no-chunked-loss: every logit and its gradient
+    # one layer's backward: gradients as large as the layer's activations; no dequantized weight
+    # given, so none priced
+    assert e.backward == tokens * per_layer
+    assert e.total == (e.weights + e.adapters + e.gradients + e.optimizer + e.activations + e.logits
+                       + e.backward)
+
+
+def test_backward_prices_one_layer_and_the_largest_dequantized_weight():
+    parts = {"lm": ComponentMemory(params=10_000, linear=8_192, quantized=True, full_trainable=0,
+                                   lora_trainable=512)}
+    lm = Dims(hidden=64, mlp=128, layers=2)
+    e = estimate(parts, lm=lm, vision=None, vocab=10, batch=1, seq_len=8, vision_tokens=0,
+                 dequantized=128 * 64)
+    # 8 tokens × 2·(9·64 + 3·128) bytes, plus the 128×64 weight in bf16
+    assert e.backward == 8 * 2 * (9 * 64 + 3 * 128) + 2 * 128 * 64
+    # the vision stack's layer when it trains and is the larger one
+    parts["vision"] = ComponentMemory(params=100, linear=50, quantized=False, full_trainable=100, lora_trainable=0)
+    v = estimate(parts, lm=lm, vision=Dims(32, 64, 2), vocab=10, batch=1, seq_len=8, vision_tokens=100,
+                 dequantized=128 * 64)
+    assert v.backward == 100 * 2 * (9 * 32 + 3 * 64) + 2 * 128 * 64
+    # nothing before the head trains: no backward through the layers
+    frozen = {"lm": ComponentMemory(100, 64, True, 0, 0)}
+    assert estimate(frozen, lm=lm, vision=None, vocab=10, batch=1, seq_len=8, vision_tokens=0,
+                    dequantized=64).backward == 0
 
 
 def test_chunked_logits_are_one_chunk_at_a_real_vocabulary():
@@ -43,7 +67,8 @@ def test_chunked_logits_are_one_chunk_at_a_real_vocabulary():
     plain = estimate(parts, lm=Dims(1536, 8960, 28), vision=None, vocab=151_936, batch=1, seq_len=2048,
                      vision_tokens=0, chunked=False)
     assert plain.logits == 2048 * 151_936 * 8  # 2.32 GiB
-    assert e.total == e.weights + e.adapters + e.gradients + e.optimizer + e.activations + e.logits
+    assert e.total == (e.weights + e.adapters + e.gradients + e.optimizer + e.activations + e.logits
+                       + e.backward)
 
 
 def test_vision_activations_only_when_vision_trains():

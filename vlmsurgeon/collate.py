@@ -219,11 +219,19 @@ class Collator:
         return pad_and_stack(encoded, self.pad_id, batch_aligned=self.batch_aligned, packed=self.packed)
 
 
+# Processors whose own `image_token_id` is the marker before an image (Gemma 3: <start_of_image>),
+# not the token repeated once per image embedding, which their tokenizer holds.
+TOKENIZER_MEDIA_IDS = {"Gemma3Processor", "ShieldGemma2Processor"}
+
+
 def _token_id(processor: Any, kind: str) -> int | None:
     expanded = EXPANDED_MEDIA_TOKENS.get(type(processor).__name__, {}).get(kind)
     if expanded is not None:
         return getattr(processor, "tokenizer", processor).convert_tokens_to_ids(expanded)
-    for owner in (processor, getattr(processor, "tokenizer", None)):
+    owners = (processor, getattr(processor, "tokenizer", None))
+    if type(processor).__name__ in TOKENIZER_MEDIA_IDS:
+        owners = owners[::-1]
+    for owner in owners:
         value = getattr(owner, f"{kind}_token_id", None)
         if isinstance(value, int):
             return value

@@ -46,10 +46,12 @@ class Estimate:
     activations: int
     activations_no_ckpt: int
     logits: int
+    backward: int = 0  # one layer's backward: its activations' gradients + a dequantized weight
 
     @property
     def total(self) -> int:
-        return self.weights + self.adapters + self.gradients + self.optimizer + self.activations + self.logits
+        return (self.weights + self.adapters + self.gradients + self.optimizer + self.activations
+                + self.logits + self.backward)
 
     @property
     def total_no_ckpt(self) -> int:
@@ -96,13 +98,26 @@ def stack_activations(dims: Dims | None, tokens: int, checkpointing: bool) -> in
     return tokens * dims.layers * dims.per_token_layer()
 
 
+def backward_bytes(lm: Dims | None, tokens: int, vision: Dims | None, patches: int, dequantized: int) -> int:
+    """What one layer's backward adds while it runs: the gradients of that layer's activations
+    (as large as the activations themselves, of the larger stack that gradients cross), and the
+    largest 4-bit weight dequantized to the compute dtype (bitsandbytes dequantizes a 4-bit
+    weight whole for every matmul over more than one token, in forward and in backward)."""
+    if not tokens:
+        return 0
+    layer = max(tokens * lm.per_token_layer() if lm else 0,
+                patches * vision.per_token_layer() if vision and patches else 0)
+    return layer + HALF * dequantized
+
+
 def estimate(components: dict[str, ComponentMemory], *, lm: Dims | None, vision: Dims | None,
              vocab: int, batch: int, seq_len: int, vision_tokens: int,
-             checkpointing: bool = True, chunked: bool = True) -> Estimate:
+             checkpointing: bool = True, chunked: bool = True, dequantized: int = 0) -> Estimate:
     """Weights (4-bit NF4 with double quant for quantized Linear weights, bf16 otherwise),
     fp32 LoRA adapters, gradients and two AdamW states in each trainable tensor's dtype,
     activations of the LM (and of the vision encoder when it trains), the loss's logits
-    (one chunk with the chunked cross-entropy, all of them without)."""
+    (one chunk with the chunked cross-entropy, all of them without), and one layer's backward
+    (`dequantized`: elements of the largest 4-bit Linear weight, 0 when nothing is 4-bit)."""
     full = sum(c.full_trainable for c in components.values())
     lora = sum(c.lora_trainable for c in components.values())
     trains_before_head = any(c.full_trainable or c.lora_trainable
@@ -120,6 +135,7 @@ def estimate(components: dict[str, ComponentMemory], *, lm: Dims | None, vision:
         activations=stack_activations(lm, tokens, checkpointing) + stack_activations(vision, patches, checkpointing),
         activations_no_ckpt=stack_activations(lm, tokens, False) + stack_activations(vision, patches, False),
         logits=logits_bytes(batch, seq_len, vocab, lm.hidden if lm else 0, chunked) if trains else 0,
+        backward=backward_bytes(lm, tokens, vision, patches, dequantized),
     )
 
 
@@ -212,8 +228,8 @@ def scale_request(gpus: int | None, strategy: str | None, gpu_memory: str | None
 class ScaleOut:
     """Per-GPU memory of a data-parallel run. ddp: every GPU holds the whole single-GPU estimate.
     fsdp/zero3: weights, adapters, gradients and optimizer states sharded 1/N (4-bit storage
-    included, as FSDP-QLoRA does), plus the largest unit gathered whole, plus the activations and
-    logits of each GPU's own micro-batch (never sharded)."""
+    included, as FSDP-QLoRA does), plus the largest unit gathered whole, plus the activations,
+    logits and one layer's backward of each GPU's own micro-batch (never sharded)."""
 
     strategy: str
     gpus: int
@@ -221,7 +237,7 @@ class ScaleOut:
     state_bytes: int  # weights + adapters + gradients + optimizer, single-GPU figures
     gathered_bytes: int  # largest unit, whole (fsdp/zero3 only)
     gathered_unit: str
-    activation_bytes: int  # activations + logits of one micro-batch
+    activation_bytes: int  # activations + logits + one layer's backward, of one micro-batch
 
     def per_gpu(self, gpus: int) -> int:
         if self.strategy == "ddp":
@@ -265,10 +281,10 @@ class ScaleOut:
         elif self.strategy == "ddp":
             need = "does not fit at any N (ddp keeps everything on every GPU; try fsdp or zero3)"
         else:
-            need = (f"does not fit at any N (the gathered unit, activations and logits alone need "
+            need = (f"does not fit at any N (the gathered unit, activations, logits and backward alone need "
                     f"{gib(self.gathered_bytes + self.activation_bytes)})")
         return (f"{self.strategy} on {self.gpus} GPU(s): {gib(self.per_gpu_bytes)} per GPU ({parts} + "
-                f"activations and logits {gib(self.activation_bytes)}): "
+                f"activations, logits and backward {gib(self.activation_bytes)}): "
                 f"{'fits' if self.fits else 'does not fit'} in {size}; {need}")
 
 
@@ -279,4 +295,4 @@ def scale_out(memory: Estimate, request: ScaleRequest, gathered: tuple[str, int]
     sharded = request.strategy != "ddp"
     return ScaleOut(request.strategy, request.gpus, request.gpu_memory, state,
                     gathered[1] if sharded else 0, gathered[0] if sharded else "",
-                    activations + memory.logits)
+                    activations + memory.logits + memory.backward)

@@ -136,7 +136,8 @@ def plan_model(reference: str, *, preset: str | None = None, freeze: str | None 
     if settings.max_pixels:
         settings, pixel_note = _tokens_from_pixels(model.config, settings)
     applied = count_preset(model, chosen, source.model_type, tree=tree)
-    memory = _estimate(report, applied, loading, model.config, settings)
+    memory = _estimate(report, applied, loading, model.config, settings,
+                       largest_linear(tree, loading.quantized))
     result = PlanResult(report, chosen, applied, settings, memory,
                         notes=_absent_notes(applied.notes, preset, freeze, present), quantized=loading.quantized)
     if scale is not None:
@@ -156,7 +157,7 @@ def plan_model(reference: str, *, preset: str | None = None, freeze: str | None 
 
 
 def _estimate(report: Breakdown, applied: Applied, loading: Loading, config: Any,
-              settings: PlanSettings) -> Estimate:
+              settings: PlanSettings, dequantized: int = 0) -> Estimate:
     lm, vocab = lm_dims(config)
     vision, merge = vision_dims(config)
     parts = {}
@@ -168,7 +169,16 @@ def _estimate(report: Breakdown, applied: Applied, loading: Loading, config: Any
             full_trainable=(state.trainable - lora) if state else 0, lora_trainable=lora)
     return estimate(parts, lm=lm, vision=vision, vocab=vocab, batch=settings.batch_size,
                     seq_len=settings.seq_len, vision_tokens=settings.image_tokens * merge,
-                    checkpointing=settings.gradient_checkpointing, chunked=settings.chunked_loss)
+                    checkpointing=settings.gradient_checkpointing, chunked=settings.chunked_loss,
+                    dequantized=dequantized)
+
+
+def largest_linear(tree: Node, quantized: tuple[str, ...]) -> int:
+    """Elements of the largest Linear weight loaded in 4-bit (0 when none is): bitsandbytes
+    dequantizes it whole for a matmul over many tokens."""
+    return max((p.numel for node in tree.walk() for p in node.params
+                if p.kind == "linear" and not p.tied_to and param_component(node, p.name) in quantized),
+               default=0)
 
 
 def _param_bytes(tree: Node, quantized: tuple[str, ...]) -> tuple[int, int]:

@@ -221,7 +221,8 @@ def memory_table(result: Any) -> Table:
             ("LoRA adapters (fp32)", m.adapters), ("gradients", m.gradients),
             ("AdamW states (2 per trainable param)", m.optimizer),
             ("activations, gradient checkpointing on", m.activations),
-            ("logits + their gradient (fp32)", m.logits)]
+            ("logits + their gradient (fp32)", m.logits),
+            ("one layer's backward (+ a dequantized 4-bit weight)", m.backward)]
     for label, value in rows:
         table.add_row(label, human(value, "B"))
     table.add_row("[bold]total, checkpointing on[/bold]", f"[bold]{human(m.total, 'B')}[/bold]")

@@ -150,7 +150,7 @@ def make_trainer(applied: Any, opts: Any, output_dir: Path, train: list[Any], ev
         eval_strategy="epoch" if evaluation else "no", use_cpu=not torch.cuda.is_available(),
         # autocast whenever weights are bf16: trained parameters are fp32 beside frozen bf16 ones
         bf16=opts.dtype == "bf16" or (torch.cuda.is_available() and opts.dtype == "auto"),
-        gradient_checkpointing=False, ddp_find_unused_parameters=False, **save,
+        ddp_find_unused_parameters=False, **save,  # checkpointing: ours, set on the model (prepare.py)
     )
     drop_input_grad_hooks(applied.model)  # peft puts them back on an unquantized model
     trainer = ComponentTrainer(model=applied.model, args=args, train_dataset=train,
