@@ -2,14 +2,16 @@
 + bitsandbytes loop, on a full-size architecture with random weights (issue 16).
 
     python bench/memory_bench.py [--arch qwen2_vl] [--lm-layers N] [--vision-layers N]
-                                 [--seq-len 2048] [--steps 2] [--warmup 1] [--dtype auto]
+                                 [--seq-len 2048] [--steps 2] [--warmup 1] [--dtype auto] [--heap glibc]
 
 Default: Qwen2-VL-2B's published sizes, the LM in NF4, `--freeze vision`, batch 1, one 448×448
 image, text filling --seq-len. The random checkpoint and data are written once to --cache and
 reused. Each side runs in its own process (this script with --side); the vlmsurgeon side calls
 `finetune(RunOptions(...))` itself, so library changes are measured without editing this file.
 Peak memory: VmHWM of the side's process on the CPU (not ru_maxrss, which survives fork+exec and
-would count the parent), torch.cuda.max_memory_allocated on a GPU. The last line reads
+would count the parent), with glibc's defaults unless `--heap live` (MALLOC_MMAP_THRESHOLD_=1MiB:
+a freed tensor leaves RSS at once instead of staying in glibc's heap, but the page faults slow
+a CPU step); torch.cuda.max_memory_allocated on a GPU. The last line reads
 `peak memory ratio R (vlmsurgeon/baseline), step time ratio S`."""
 
 from __future__ import annotations
@@ -199,19 +201,31 @@ def reset_peak() -> bool:
 
 
 class PhasePeaks:
-    """Peak RSS of each phase of a step: forward, backward (through clip), optimizer step. Each
-    mark reads VmHWM and starts it again; `train` keeps the highest since training began."""
+    """Peak RSS of each phase of a step: forward (loss included), backward (through clip),
+    optimizer step. Each mark reads VmHWM and starts it again; `train` keeps the highest since
+    training began. `steps` holds each step's phases; `peaks` the last step's (the first step has
+    no AdamW states until its optimizer step, so from the second on a step is in steady state)."""
 
     def __init__(self) -> None:
         self.peaks: dict[str, float] = {}
+        self.steps: list[dict[str, float]] = []
+        self.train = 0.0
         self.ok = reset_peak()
+
+    def begin_step(self) -> None:
+        self.steps.append({})
 
     def mark(self, phase: str) -> None:
         if not self.ok:
             return
         peak = status_kib("VmHWM") / 1024
-        self.peaks[phase] = max(self.peaks.get(phase, 0.0), peak)
-        self.peaks["train"] = max(self.peaks.get("train", 0.0), peak)
+        self.train = max(self.train, peak)
+        if self.steps:
+            step = self.steps[-1]
+            step[phase] = max(step.get(phase, 0.0), peak)
+            self.peaks.clear()
+            self.peaks.update(step)
+        self.peaks["train"] = self.train
         reset_peak()
 
 
@@ -234,10 +248,13 @@ def run_vlmsurgeon(model: Path, data: Path, args: argparse.Namespace) -> tuple[l
                          peak_before_train_mib=status_kib("VmHWM") / 1024)
             self.phases = PhasePeaks()
             marks["phase_peaks_mib"] = self.phases.peaks
+            marks["step_phase_peaks_mib"] = self.phases.steps
             if model is not None:
                 model.register_forward_hook(lambda *_: self.phases.mark("forward"))
 
         def on_step_begin(self, *a: Any, **k: Any) -> None:
+            self.phases.mark("between")  # whatever ran since the last step ended
+            self.phases.begin_step()
             self.start = time.perf_counter()
 
         def on_pre_optimizer_step(self, *a: Any, **k: Any) -> None:
@@ -296,7 +313,9 @@ def run_baseline(model: Path, data: Path, args: argparse.Namespace) -> tuple[lis
                              "peak_before_train_mib": status_kib("VmHWM") / 1024}
     phases = PhasePeaks()
     marks["phase_peaks_mib"] = phases.peaks
+    marks["step_phase_peaks_mib"] = phases.steps
     for _ in range(args.warmup + args.steps):
+        phases.begin_step()
         start = time.perf_counter()
         with torch.autocast(device, dtype=torch.bfloat16, enabled=cuda and args.dtype == "bf16"):
             loss = net(**batch, labels=labels).loss
@@ -340,7 +359,10 @@ def measure(side: str, model: Path, data: Path, args: argparse.Namespace) -> dic
     cmd = [sys.executable, __file__, "--side", side, "--model", str(model), "--data", str(data),
            "--arch", args.arch, "--seq-len", str(args.seq_len), "--steps", str(args.steps),
            "--warmup", str(args.warmup), "--dtype", args.dtype, "--cache", str(args.cache)]
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    if args.heap == "live":  # every allocation over 1 MiB mapped apart and returned when freed
+        env["MALLOC_MMAP_THRESHOLD_"] = str(1 << 20)
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env=env)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode or not lines:
         raise SystemExit(f"{side} side failed (exit {proc.returncode}):\n{proc.stdout[-2000:]}")
@@ -372,6 +394,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--dtype", choices=("auto", "bf16", "fp32"), default="auto")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/vlms-bench"))
+    parser.add_argument("--heap", choices=("live", "glibc"), default="glibc",
+                        help="glibc (default): the allocator's defaults, as a user's run has them; RSS then "
+                             "also keeps freed heap. live: each side runs with MALLOC_MMAP_THRESHOLD_=1MiB, so "
+                             "that its RSS follows the tensors alive (every large freed block goes back at "
+                             "once), at the cost of page faults that slow a CPU step")
     parser.add_argument("--side", choices=("vlmsurgeon", "baseline", "build"), help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
@@ -393,7 +420,8 @@ def main() -> None:
     print(f"{args.arch} (published sizes, random weights), LM {args.lm_layers} of {ARCHS[args.arch].lm_layers} "
           f"layers in NF4, vision {args.vision_layers} of {ARCHS[args.arch].vision_layers} layers, --freeze vision, "
           f"seq {args.seq_len}, batch 1, one {ARCHS[args.arch].image}px image; dtype {args.dtype} ({why}); "
-          f"{args.warmup} warm-up + {args.steps} timed step(s); load average {os.getloadavg()[0]:.1f}", flush=True)
+          f"{args.warmup} warm-up + {args.steps} timed step(s); heap {args.heap}; "
+          f"load average {os.getloadavg()[0]:.1f}", flush=True)
     sides = {side: measure(side, model, data, args) for side in ("baseline", "vlmsurgeon")}
     key = "peak_cuda_mib" if "peak_cuda_mib" in sides["baseline"] else "peak_rss_mib"
     for side, r in sides.items():

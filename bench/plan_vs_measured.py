@@ -1,15 +1,20 @@
 """`plan`'s memory estimate against the peak that `finetune` reaches, for three architectures at
 their published widths (layer counts reduced): Qwen2-VL-2B, LLaVA-1.5-7B, Gemma 3 4B (issue 16).
 
-    python bench/plan_vs_measured.py [--lm-layers 1] [--vision-layers 2] [--seq-len 2048]
+    python bench/plan_vs_measured.py [--lm-layers 1] [--vision-layers 1] [--seq-len 2048] [--heap live]
 
 For each: the random checkpoint from bench/memory_bench.py, `vlmsurgeon plan DIR --freeze vision
 --seq-len S --batch-size 1 --image-tokens N --json` (N: what the processor really writes for the
-image), and one `finetune` step in its own process. Measured = peak RSS (VmHWM) minus the RSS
-after imports: the estimate prices tensors, not the ~0.8 GiB of torch/transformers code and
-allocator state every process has before it loads a weight. `plan` prices bf16; on a CPU without
-native bf16 the run is fp32, so the estimate is also recomputed with 4-byte halves (memory.HALF = 4)
-and that figure is the one compared (on a GPU: bf16, torch.cuda.max_memory_allocated, as is)."""
+image), and two `finetune` steps in their own process. Measured = the second step's peak RSS
+(the first has no AdamW states until its optimizer step) minus the RSS after imports: the
+estimate prices tensors, not the ~0.8 GiB of torch/transformers code every process holds before
+it loads a weight. With `--heap live` (the default) the process runs with
+MALLOC_MMAP_THRESHOLD_=1MiB, so that freed tensors leave RSS at once, as they leave
+`torch.cuda.max_memory_allocated` on a GPU; glibc's default keeps freed heap and inflates the
+peak (`--heap glibc`). Loading's own high-water mark is printed, not compared (on a CPU it counts
+the checkpoint's mapped pages). `plan` prices bf16; on a CPU without native bf16 the run is fp32,
+so the estimate is also recomputed with 4-byte halves (memory.HALF = 4) and that figure is the
+one compared (on a GPU: bf16, torch.cuda.max_memory_allocated, as is)."""
 
 from __future__ import annotations
 
@@ -69,13 +74,15 @@ def one(arch: str, args: argparse.Namespace) -> dict[str, Any]:
     vision = max(args.vision_layers, 2) if arch == "llava" else args.vision_layers  # feature layer -2
     model, data = mb.ensure(args.cache, arch, args.lm_layers, vision, args.seq_len)
     tokens = image_tokens(model, data)
-    side = mb.parse(["--arch", arch, "--seq-len", str(args.seq_len), "--steps", "1", "--warmup", "0",
-                     "--dtype", args.dtype, "--cache", str(args.cache)])
+    side = mb.parse(["--arch", arch, "--seq-len", str(args.seq_len), "--steps", "1", "--warmup", "1",
+                     "--dtype", args.dtype, "--cache", str(args.cache), "--heap", args.heap])
     measured = mb.measure("vlmsurgeon", model, data, side)
     cuda = "peak_cuda_mib" in measured
     estimate = plan_cli(model, args.seq_len, tokens)
     compared = estimate if cuda or args.dtype == "bf16" else plan_fp32(model, args.seq_len, tokens)
-    peak = measured["peak_cuda_mib"] if cuda else measured["peak_rss_mib"] - measured["rss_after_imports_mib"]
+    # the second step's peak: AdamW's states exist from the first step's optimizer step on
+    steady = max(measured["step_phase_peaks_mib"][-1].values())
+    peak = measured["peak_cuda_mib"] if cuda else steady - measured["rss_after_imports_mib"]
     peak_bytes = peak * 2**20
     row = {"arch": arch, "lm_layers": args.lm_layers, "vision_layers": vision, "image_tokens": tokens,
            "plan_bf16": estimate, "plan_compared": compared, "measured": measured,
@@ -98,10 +105,12 @@ def report(row: dict[str, Any]) -> None:
     print(f"  plan as run: {parts}; total {mib(est['total'])} MiB")
     loaded = m.get("rss_train_begin_mib", 0) - m["rss_after_imports_mib"]
     base = m["rss_after_imports_mib"]
-    phases = "; ".join(f"{k} +{v - base:,.0f}" for k, v in m.get("phase_peaks_mib", {}).items() if k != "train")
+    for i, step in enumerate(m.get("step_phase_peaks_mib", [])):
+        phases = "; ".join(f"{k} +{v - base:,.0f}" for k, v in step.items())
+        print(f"  step {i + 1} phase peaks: {phases}")
     print(f"  measured: after imports {base:,.0f} MiB; loaded+prepared +{loaded:,.0f}; "
-          f"load high-water +{m.get('peak_before_train_mib', 0) - base:,.0f}; phase peaks: {phases or 'n/a'}; "
-          f"peak +{mib(row['measured_bytes'])} MiB")
+          f"loading's high-water +{m.get('peak_before_train_mib', 0) - base:,.0f} (not compared); "
+          f"step 2's peak +{mib(row['measured_bytes'])} MiB")
     print(f"  error {row['error_pct']:+.1f} % (plan vs measured; goal within ±15 %)")
 
 
@@ -113,6 +122,7 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=2048)
     parser.add_argument("--dtype", choices=("auto", "bf16", "fp32"), default="auto")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/vlms-bench"))
+    parser.add_argument("--heap", choices=("live", "glibc"), default="live", help="see memory_bench.py --heap")
     parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args()
     args.dtype, why = mb.resolve_dtype(args.dtype)

@@ -25,13 +25,14 @@ def _ours(run):
     from transformers import set_seed
 
     from vlmsurgeon.freeze import apply_preset
-    from vlmsurgeon.prepare import drop_input_grad_hooks
+    from vlmsurgeon.prepare import cast_trained, drop_input_grad_hooks
     from vlmsurgeon.train import _load_model
 
     model, quantized = _load_model(run)
     assert quantized
     set_seed(0)
     applied = apply_preset(model, run.preset, run.source.model_type)
+    cast_trained(applied.model)
     drop_input_grad_hooks(applied.model)
     return applied
 
@@ -64,6 +65,8 @@ def test_frozen_bf16_vision_stays_bf16_and_trained_parameters_are_fp32(tiny_mode
     assert _dtypes(applied, "vision", False) == {torch.bfloat16}
     assert _dtypes(applied, "vision", True) == set()
     assert _dtypes(applied, "merger", True) == {torch.float32}  # trained in full
+    # the original peft's modules_to_save keeps beside the trained copy stays bf16
+    assert _dtypes(applied, "merger", False) == {torch.bfloat16}
     assert _dtypes(applied, "lm", True) == {torch.float32}  # the LoRA adapters
     assert _dtypes(applied, "head", False) == {torch.bfloat16}
     # the LM's frozen norms and embeddings stay bf16 beside its 4-bit layers

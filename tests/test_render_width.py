@@ -108,7 +108,7 @@ def test_budget_percent_limit_shows_share_count_and_margin(piped):
     at = lines.index("  trainable <= 0.05%                 0.022%       0.028%  ok")
     assert lines[at + 1] == "    = 117,835,011                50,823,168   67,011,843"
     assert "  lm.trainable <= 60M            50,823,168    9,176,832  ok" in lines
-    assert "  memory <= 440GiB               433.05 GiB     6.95 GiB  ok" in lines
+    assert "  memory <= 440GiB               432.59 GiB     7.41 GiB  ok" in lines
     assert "qwen3-vl-235b stage 2 (--freeze vision)" in lines
 
 

@@ -39,23 +39,37 @@ class ComponentMemory:
 
 @dataclass
 class Estimate:
-    weights: int
+    """A training step's peak: the state (weights, adapters, gradients, AdamW), what the stacks keep
+    for backward, and the larger of two moments that never overlap: the loss (logits) and one
+    layer's backward."""
+
+    weights: int  # as loaded, plus the fp32 copies of what trains in full
     adapters: int
     gradients: int
     optimizer: int
-    activations: int
+    activations: int  # kept for backward: with checkpointing each layer's input only
     activations_no_ckpt: int
     logits: int
-    backward: int = 0  # one layer's backward: its activations' gradients + a dequantized weight
+    backward: int = 0  # one layer's backward: its activations recomputed and their gradients, a dequantized weight
+    backward_no_ckpt: int = 0
+
+    @property
+    def state(self) -> int:
+        return self.weights + self.adapters + self.gradients + self.optimizer
+
+    def transient(self, checkpointing: bool = True) -> int:
+        """What one micro-batch adds on top of the state at the step's peak."""
+        if checkpointing:
+            return self.activations + max(self.logits, self.backward)
+        return self.activations_no_ckpt + max(self.logits, self.backward_no_ckpt)
 
     @property
     def total(self) -> int:
-        return (self.weights + self.adapters + self.gradients + self.optimizer + self.activations
-                + self.logits + self.backward)
+        return self.state + self.transient(True)
 
     @property
     def total_no_ckpt(self) -> int:
-        return self.total - self.activations + self.activations_no_ckpt
+        return self.state + self.transient(False)
 
     def to_json(self) -> dict[str, int]:
         return {**asdict(self), "total": self.total, "total_no_ckpt": self.total_no_ckpt}
@@ -89,37 +103,45 @@ def weight_bytes(c: ComponentMemory) -> int:
 
 
 def stack_activations(dims: Dims | None, tokens: int, checkpointing: bool) -> int:
-    """Without checkpointing every layer keeps its activations; with it, only each layer's
-    input is kept and one layer's activations exist at a time during recomputation."""
+    """What a stack keeps for backward: without checkpointing every layer's activations, with it
+    each layer's input (the layer being recomputed is priced in `backward_bytes`)."""
     if dims is None or tokens == 0:
         return 0
     if checkpointing:
-        return tokens * dims.layers * HALF * dims.hidden + tokens * dims.per_token_layer()
+        return tokens * dims.layers * HALF * dims.hidden
     return tokens * dims.layers * dims.per_token_layer()
 
 
-def backward_bytes(lm: Dims | None, tokens: int, vision: Dims | None, patches: int, dequantized: int) -> int:
-    """What one layer's backward adds while it runs: the gradients of that layer's activations
-    (as large as the activations themselves, of the larger stack that gradients cross), and the
-    largest 4-bit weight dequantized to the compute dtype (bitsandbytes dequantizes a 4-bit
-    weight whole for every matmul over more than one token, in forward and in backward)."""
+def backward_bytes(lm: Dims | None, tokens: int, vision: Dims | None, patches: int, dequantized: int,
+                   checkpointing: bool = True) -> int:
+    """What one layer's backward adds while it runs, of the larger stack that gradients cross:
+    with checkpointing its activations recomputed, and with or without their gradients (as large
+    as the activations); the largest 4-bit weight dequantized to the compute dtype (bitsandbytes
+    dequantizes a 4-bit weight whole for every matmul over more than one token); and the gradient
+    of the head's input, which the loss leaves for backward (fp32)."""
     if not tokens:
         return 0
     layer = max(tokens * lm.per_token_layer() if lm else 0,
                 patches * vision.per_token_layer() if vision and patches else 0)
-    return layer + HALF * dequantized
+    head_grad = 4 * tokens * lm.hidden if lm else 0
+    return (2 if checkpointing else 1) * layer + HALF * dequantized + head_grad
 
 
 def estimate(components: dict[str, ComponentMemory], *, lm: Dims | None, vision: Dims | None,
              vocab: int, batch: int, seq_len: int, vision_tokens: int,
-             checkpointing: bool = True, chunked: bool = True, dequantized: int = 0) -> Estimate:
-    """Weights (4-bit NF4 with double quant for quantized Linear weights, bf16 otherwise),
-    fp32 LoRA adapters, gradients and two AdamW states in each trainable tensor's dtype,
-    activations of the LM (and of the vision encoder when it trains), the loss's logits
-    (one chunk with the chunked cross-entropy, all of them without), and one layer's backward
-    (`dequantized`: elements of the largest 4-bit Linear weight, 0 when nothing is 4-bit)."""
+             chunked: bool = True, dequantized: int = 0) -> Estimate:
+    """Weights (4-bit NF4 with double quant for quantized Linear weights, bf16 otherwise), fp32
+    LoRA adapters; what trains in full gets master weights in fp32 when anything is 4-bit
+    (`finetune` casts it; else it trains in bf16), as a copy beside the original when LoRA is
+    there too (peft's modules_to_save) or in its place; gradients and two AdamW states in each
+    trained tensor's dtype; what the LM keeps for backward (and the vision encoder when it
+    trains); then the larger of the loss's logits (one chunk with the chunked cross-entropy, all
+    of them without) and one layer's backward (`dequantized`: elements of the largest 4-bit
+    Linear weight, 0 when nothing is 4-bit). Priced with and without gradient checkpointing."""
     full = sum(c.full_trainable for c in components.values())
     lora = sum(c.lora_trainable for c in components.values())
+    master = 4 if any(c.quantized for c in components.values()) else HALF
+    copies = full * (master if lora else master - HALF)
     trains_before_head = any(c.full_trainable or c.lora_trainable
                              for name, c in components.items() if name != "head")
     vision_trains = any(components[n].full_trainable or components[n].lora_trainable
@@ -128,14 +150,15 @@ def estimate(components: dict[str, ComponentMemory], *, lm: Dims | None, vision:
     patches = batch * vision_tokens if vision_trains else 0
     trains = bool(full or lora)
     return Estimate(
-        weights=sum(weight_bytes(c) for c in components.values()),
+        weights=sum(weight_bytes(c) for c in components.values()) + copies,
         adapters=LORA_BYTES * lora,
-        gradients=LORA_BYTES * lora + HALF * full,
-        optimizer=2 * (LORA_BYTES * lora + HALF * full),
-        activations=stack_activations(lm, tokens, checkpointing) + stack_activations(vision, patches, checkpointing),
+        gradients=LORA_BYTES * lora + master * full,
+        optimizer=2 * (LORA_BYTES * lora + master * full),
+        activations=stack_activations(lm, tokens, True) + stack_activations(vision, patches, True),
         activations_no_ckpt=stack_activations(lm, tokens, False) + stack_activations(vision, patches, False),
         logits=logits_bytes(batch, seq_len, vocab, lm.hidden if lm else 0, chunked) if trains else 0,
-        backward=backward_bytes(lm, tokens, vision, patches, dequantized),
+        backward=backward_bytes(lm, tokens, vision, patches, dequantized, True),
+        backward_no_ckpt=backward_bytes(lm, tokens, vision, patches, dequantized, False),
     )
 
 
@@ -228,8 +251,9 @@ def scale_request(gpus: int | None, strategy: str | None, gpu_memory: str | None
 class ScaleOut:
     """Per-GPU memory of a data-parallel run. ddp: every GPU holds the whole single-GPU estimate.
     fsdp/zero3: weights, adapters, gradients and optimizer states sharded 1/N (4-bit storage
-    included, as FSDP-QLoRA does), plus the largest unit gathered whole, plus the activations,
-    logits and one layer's backward of each GPU's own micro-batch (never sharded)."""
+    included, as FSDP-QLoRA does), plus the largest unit gathered whole, plus the activations
+    kept and the larger of logits and one layer's backward, of each GPU's own micro-batch (never
+    sharded)."""
 
     strategy: str
     gpus: int
@@ -237,7 +261,7 @@ class ScaleOut:
     state_bytes: int  # weights + adapters + gradients + optimizer, single-GPU figures
     gathered_bytes: int  # largest unit, whole (fsdp/zero3 only)
     gathered_unit: str
-    activation_bytes: int  # activations + logits + one layer's backward, of one micro-batch
+    activation_bytes: int  # activations kept + the larger of logits and one layer's backward, of one micro-batch
 
     def per_gpu(self, gpus: int) -> int:
         if self.strategy == "ddp":
@@ -281,18 +305,16 @@ class ScaleOut:
         elif self.strategy == "ddp":
             need = "does not fit at any N (ddp keeps everything on every GPU; try fsdp or zero3)"
         else:
-            need = (f"does not fit at any N (the gathered unit, activations, logits and backward alone need "
+            need = (f"does not fit at any N (the gathered unit and one micro-batch's activations alone need "
                     f"{gib(self.gathered_bytes + self.activation_bytes)})")
         return (f"{self.strategy} on {self.gpus} GPU(s): {gib(self.per_gpu_bytes)} per GPU ({parts} + "
-                f"activations, logits and backward {gib(self.activation_bytes)}): "
+                f"one micro-batch's activations {gib(self.activation_bytes)}): "
                 f"{'fits' if self.fits else 'does not fit'} in {size}; {need}")
 
 
 def scale_out(memory: Estimate, request: ScaleRequest, gathered: tuple[str, int],
               checkpointing: bool = True) -> ScaleOut:
-    activations = memory.activations if checkpointing else memory.activations_no_ckpt
-    state = memory.weights + memory.adapters + memory.gradients + memory.optimizer
     sharded = request.strategy != "ddp"
-    return ScaleOut(request.strategy, request.gpus, request.gpu_memory, state,
+    return ScaleOut(request.strategy, request.gpus, request.gpu_memory, memory.state,
                     gathered[1] if sharded else 0, gathered[0] if sharded else "",
-                    activations + memory.logits + memory.backward)
+                    memory.transient(checkpointing))

@@ -169,7 +169,7 @@ def _estimate(report: Breakdown, applied: Applied, loading: Loading, config: Any
             full_trainable=(state.trainable - lora) if state else 0, lora_trainable=lora)
     return estimate(parts, lm=lm, vision=vision, vocab=vocab, batch=settings.batch_size,
                     seq_len=settings.seq_len, vision_tokens=settings.image_tokens * merge,
-                    checkpointing=settings.gradient_checkpointing, chunked=settings.chunked_loss,
+                    chunked=settings.chunked_loss,
                     dequantized=dequantized)
 
 

@@ -30,18 +30,18 @@ def check_offload(opts: Any) -> None:
                        "--no-gradient-checkpointing turns that off", "drop one of the two")
 
 
-def cast_trained(model: Any, preset: Preset, tree: Node) -> list[str]:
-    """Cast to fp32 the 16-bit parameters of components the preset trains in full; frozen ones
-    keep their dtype, 4-bit ones their layout. LoRA adapters are made in fp32 by peft later.
-    Returns the names cast."""
+def cast_trained(model: Any) -> list[str]:
+    """Cast to fp32 the 16-bit parameters that train (AdamW's master weights), once the preset is
+    applied: a component trained in full through peft's modules_to_save trains its copy in fp32
+    while the original peft keeps beside it stays in the loaded dtype, as frozen parts do; 4-bit
+    layers keep their layout, LoRA adapters are fp32 already. Returns the names cast."""
     import torch
 
-    component_of = _component_map(tree)
     cast: list[str] = []
-    for name, param in model.named_parameters(remove_duplicate=False):
-        if param.dtype not in (torch.float16, torch.bfloat16) or type(param).__name__ == "Params4bit":
+    for name, param in model.named_parameters():
+        if not param.requires_grad or type(param).__name__ == "Params4bit":
             continue
-        if preset.spec(_owner(name, component_of)).mode == Mode.full:
+        if param.dtype in (torch.float16, torch.bfloat16):
             param.data = param.data.to(torch.float32)
             cast.append(name)
     return cast

@@ -217,16 +217,17 @@ def memory_table(result: Any) -> Table:
                          f"{s.image_tokens} image tokens/sample"), title_justify="left")
     table.add_column("part")
     table.add_column("bytes", justify="right")
-    rows = [("weights (4-bit where quantized, bf16 otherwise)", m.weights),
+    rows = [("weights (+ fp32 copies of what trains in full)", m.weights),
             ("LoRA adapters (fp32)", m.adapters), ("gradients", m.gradients),
             ("AdamW states (2 per trainable param)", m.optimizer),
-            ("activations, gradient checkpointing on", m.activations),
-            ("logits + their gradient (fp32)", m.logits),
-            ("one layer's backward (+ a dequantized 4-bit weight)", m.backward)]
+            ("layer inputs kept (checkpointing on)", m.activations),
+            ("logits + their gradient (fp32) ¹", m.logits),
+            ("one layer's backward (recompute + gradients) ¹", m.backward)]
     for label, value in rows:
         table.add_row(label, human(value, "B"))
-    table.add_row("[bold]total, checkpointing on[/bold]", f"[bold]{human(m.total, 'B')}[/bold]")
-    table.add_row("activations, checkpointing off", human(m.activations_no_ckpt, "B"))
+    table.add_row("[bold]total, checkpointing on[/bold] (¹: the larger counts)", f"[bold]{human(m.total, 'B')}[/bold]")
+    table.add_row("activations kept (checkpointing off)", human(m.activations_no_ckpt, "B"))
+    table.add_row("one layer's backward (no recompute) ¹", human(m.backward_no_ckpt, "B"))
     table.add_row("[bold]total, checkpointing off[/bold]", f"[bold]{human(m.total_no_ckpt, 'B')}[/bold]")
     return table
 

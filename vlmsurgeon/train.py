@@ -241,10 +241,8 @@ def _load_model(run: _Run) -> tuple[Any, bool]:
     model = load_for_training(run.reference, opts, run.preset, run.tree, run.source.model_type)
     quantized = "quantization_config" in getattr(model.config, "__dict__", {}) or getattr(
         model, "is_loaded_in_4bit", False)
-    from .prepare import cast_trained, enable_checkpointing
+    from .prepare import enable_checkpointing
 
-    if quantized:  # full components train in fp32 master weights; what stays frozen keeps its dtype
-        cast_trained(model, run.preset, run.tree)
     if opts.gradient_checkpointing:
         enable_checkpointing(model, offload=opts.offload_activations)
     return model, bool(quantized)
@@ -255,6 +253,7 @@ def _train(run: _Run) -> FinetuneResult:
 
     from .distributed import fit_engine, trained_names, trained_state
     from .freeze import apply_preset, present_components
+    from .prepare import cast_trained
     from .preset import loaded_4bit
     from .provenance import write_run_outputs
     from .telemetry import EvalGenerate, Summary, loading_line, preparing_line, say, starting_line, summary_lines
@@ -267,6 +266,8 @@ def _train(run: _Run) -> FinetuneResult:
     set_seed(opts.seed)  # LoRA initialisation draws from the RNG: same seed, same adapter
     say(preparing_line(run.preset, present))
     applied = apply_preset(model, run.preset, run.source.model_type)
+    if quantized:  # what trains in full gets fp32 master weights; frozen parts keep their dtype
+        cast_trained(applied.model)
     stop = StopOnSignal()
     grads = GradCheck(applied, opts.strict_grads)
     callbacks = [Summary(lambda steps: summary_lines(applied, opts, quantized, steps, run.reference,
