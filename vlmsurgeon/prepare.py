@@ -10,9 +10,6 @@ import inspect
 from typing import Any, Callable
 
 from .errors import BadInput
-from .freeze import _component_map, _owner
-from .preset import Mode, Preset
-from .tree import Node
 
 
 def check_offload(opts: Any) -> None:

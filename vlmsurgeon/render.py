@@ -217,7 +217,7 @@ def memory_table(result: Any) -> Table:
                          f"{s.image_tokens} image tokens/sample"), title_justify="left")
     table.add_column("part")
     table.add_column("bytes", justify="right")
-    rows = [("weights (+ fp32 copies of what trains in full)", m.weights),
+    rows = [("weights (+ the trained copies of full parts)", m.weights),
             ("LoRA adapters (fp32)", m.adapters), ("gradients", m.gradients),
             ("AdamW states (2 per trainable param)", m.optimizer),
             ("layer inputs kept (checkpointing on)", m.activations),
