@@ -34,7 +34,11 @@ EXPANDED_MEDIA_TOKENS = {"Ovis2Processor": {"image": "<IMG_ATOM>"},
                          # InternVL writes a video as frames of image-context tokens
                          "InternVLProcessor": {"video": "<IMG_CONTEXT>"},
                          # GLM-4.1V / 4.5V / 4.6V write each video frame as image tokens
-                         "Glm4vProcessor": {"video": "<|image|>"}, "Glm46VProcessor": {"video": "<|image|>"}}
+                         "Glm4vProcessor": {"video": "<|image|>"}, "Glm46VProcessor": {"video": "<|image|>"},
+                         # Gemma 3's image_token_id is <start_of_image>, one marker per image; the
+                         # embeddings go to the <image_soft_token>s after it
+                         "Gemma3Processor": {"image": "<image_soft_token>"},
+                         "ShieldGemma2Processor": {"image": "<image_soft_token>"}}
 
 
 def _template_owner(processor: Any) -> Any:
@@ -219,19 +223,11 @@ class Collator:
         return pad_and_stack(encoded, self.pad_id, batch_aligned=self.batch_aligned, packed=self.packed)
 
 
-# Processors whose own `image_token_id` is the marker before an image (Gemma 3: <start_of_image>),
-# not the token repeated once per image embedding, which their tokenizer holds.
-TOKENIZER_MEDIA_IDS = {"Gemma3Processor", "ShieldGemma2Processor"}
-
-
 def _token_id(processor: Any, kind: str) -> int | None:
     expanded = EXPANDED_MEDIA_TOKENS.get(type(processor).__name__, {}).get(kind)
     if expanded is not None:
         return getattr(processor, "tokenizer", processor).convert_tokens_to_ids(expanded)
-    owners = (processor, getattr(processor, "tokenizer", None))
-    if type(processor).__name__ in TOKENIZER_MEDIA_IDS:
-        owners = owners[::-1]
-    for owner in owners:
+    for owner in (processor, getattr(processor, "tokenizer", None)):
         value = getattr(owner, f"{kind}_token_id", None)
         if isinstance(value, int):
             return value

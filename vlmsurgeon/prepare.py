@@ -58,13 +58,12 @@ def enable_checkpointing(model: Any, offload: bool) -> None:
     if offload:
         _offload(model)
     drop_input_grad_hooks(model)
-    no_training_cache(model)
 
 
 def no_training_cache(model: Any) -> None:
-    """`use_cache=False` in the loaded configs: a training forward builds no KV cache, and
-    transformers would otherwise warn on every run that it turns the cache off itself under
-    checkpointing. Generation passes its own `use_cache` and is unaffected; nothing here is saved."""
+    """`use_cache=False` in the loaded configs: a training forward builds no KV cache (with or
+    without checkpointing), and under checkpointing transformers would otherwise warn on every
+    run that it turns the cache off itself. Generation passes its own `use_cache` and is unaffected; nothing here is saved."""
     seen: set[int] = set()
     for module in model.modules():
         config = getattr(module, "config", None)

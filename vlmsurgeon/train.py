@@ -241,8 +241,9 @@ def _load_model(run: _Run) -> tuple[Any, bool]:
     model = load_for_training(run.reference, opts, run.preset, run.tree, run.source.model_type)
     quantized = "quantization_config" in getattr(model.config, "__dict__", {}) or getattr(
         model, "is_loaded_in_4bit", False)
-    from .prepare import enable_checkpointing
+    from .prepare import enable_checkpointing, no_training_cache
 
+    no_training_cache(model)
     if opts.gradient_checkpointing:
         enable_checkpointing(model, offload=opts.offload_activations)
     return model, bool(quantized)
