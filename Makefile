@@ -2,16 +2,18 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
+LATEST := .venv-latest
 
-.PHONY: setup test sweep demo bench clean
+.PHONY: setup test sweep demo bench clean lock test-latest
 
-$(STAMP): pyproject.toml
+# the tested set: every package at the version constraints.txt pins
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, pinned: these builds lie on this machine's disk (CPU here, CUDA-capable)
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[test]"
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
@@ -37,6 +39,27 @@ demo: $(STAMP)
 	# ask the merged export about a demo image
 	$(VENV)/bin/vlmsurgeon generate demo-out/merged --image demo-out/shapes/img/red_circle.png \
 		--prompt "What is in the picture?" --max-new-tokens 16
+	# did training work? exact match on held-out images (demo-out/shapes/eval/), export vs the base
+	$(VENV)/bin/vlmsurgeon eval demo-out/merged --compare demo-out/tiny-qwen2-vl \
+		--data demo-out/shapes/eval.jsonl --max-new-tokens 20
+
+# the newest versions pyproject.toml allows, in a venv of their own, to find drift early: prints
+# what differs from constraints.txt, then runs the tests
+test-latest:
+	rm -rf $(LATEST)
+	$(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/python -m pip install -q --upgrade pip
+	$(LATEST)/bin/python -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(LATEST)/bin/python -m pip install -q --upgrade --upgrade-strategy eager -e ".[test]"
+	$(LATEST)/bin/python -m pip freeze --exclude-editable | sort > $(LATEST)/versions.txt
+	@echo "drift from constraints.txt (- tested, + newest allowed):"
+	@grep -v '^#' constraints.txt | sort | diff - $(LATEST)/versions.txt | grep '^[<>]' | sed 's/^</-/;s/^>/+/' || echo "  none"
+	HF_HUB_OFFLINE=1 HF_HUB_DISABLE_PROGRESS_BARS=1 $(LATEST)/bin/python -m pytest -q -m "not sweep"
+
+# after a deliberate upgrade of the venv (and a green `make test sweep`): record it as the tested set
+lock: $(STAMP)
+	{ sed -n '1,2p' constraints.txt; $(PY) -m pip freeze --exclude-editable; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
 
 bench: $(STAMP)
 	$(PY) bench/inspect_bench.py
@@ -44,4 +67,4 @@ bench: $(STAMP)
 	$(PY) bench/probe_bench.py
 
 clean:
-	rm -rf $(VENV) demo-out .pytest_cache
+	rm -rf $(VENV) $(LATEST) demo-out .pytest_cache

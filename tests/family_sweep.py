@@ -82,9 +82,10 @@ def run_chain(family: str, work: Path, data: Path) -> dict[str, object]:
         facts["lora_modules_merged"] = summary["lora_modules_merged"]
         step = "verify"
         verdict = verify(out, load_trained(work / "run", None), "bf16", summary["target"])
-        facts["verify"] = verdict.vs_trained if verdict.vs_trained is not None else verdict.vs_original
+        facts["verify"] = verdict.logits["vs_reference"]
+        facts["verify_rounding"] = verdict.logits["rounding"]
         if not verdict.ok:
-            raise AssertionError(f"verify failed: {verdict}")
+            raise AssertionError("verify failed: " + " / ".join(verdict.lines()[:2]))
         step = "reload"
         model = AutoModelForImageTextToText.from_pretrained(out, dtype=torch.float32).eval()
         processor = AutoProcessor.from_pretrained(out)

@@ -269,7 +269,7 @@ def test_junit_is_written_even_when_the_budget_file_is_refused(tmp_path, cli, wh
 
 
 @pytest.mark.parametrize("where", ["a directory", "under a file"])
-def test_an_unwritable_junit_path_is_bad_input_after_the_results(tmp_path, cli, tiny_models, where):
+def test_an_unwritable_junit_path_is_bad_input_before_the_check(tmp_path, cli, tiny_models, where):
     path = write(tmp_path, f"models:\n  - model: {tiny_models('llava')}\n    limits: {{total: 1B}}\n")
     if where == "a directory":
         junit = tmp_path / "report.xml"
@@ -278,8 +278,9 @@ def test_an_unwritable_junit_path_is_bad_input_after_the_results(tmp_path, cli, 
         (tmp_path / "file").write_text("x")
         junit = tmp_path / "file" / "report.xml"
     code, out, err = cli("budget", "check", path, "--junit", junit)
-    assert code == 2 and "total <= 1B" in out
-    assert err.startswith(f"vlmsurgeon: error: --junit {junit}: cannot write")
+    assert (code, out) == (2, "")  # refused before any model is checked: no table, then an error
+    why = "is a folder" if where == "a directory" else f"'{tmp_path / 'file'}' is a file, not a folder"
+    assert err.startswith(f"vlmsurgeon: error: --junit {junit}: {why}") and err.count("\n") == 1
     assert not list(tmp_path.glob(".report.xml.*"))
 
 

@@ -15,7 +15,8 @@ def test_inspect_json_has_the_design_shape(tmp_path, cli):
     assert code == 0, err
     data = json.loads(out)
     assert list(data) == ["model", "model_type", "source", "total_params", "components", "other",
-                          "checkpoint_check"]
+                          "buffers", "notes", "checkpoint_check"]
+    assert data["buffers"] == {"total": 0, "components": {}} and data["notes"] == []
     assert data["source"] == "config" and data["model_type"] == "llava"
     assert list(data["components"]) == ["vision", "merger", "lm", "head"]
     assert set(data["components"]["lm"]) == {"params", "embeddings", "trainable", "roots"}

@@ -89,6 +89,7 @@ class FakeModel:
 
     def install(self, monkeypatch):
         monkeypatch.setattr(generation, "source_kind", lambda source: "model")
+        monkeypatch.setattr(generation, "check_source", lambda source, **kwargs: "model")
         monkeypatch.setattr(generation, "load_for_inference", self.load)
         monkeypatch.setattr(generation, "answer", self.answer)
 
@@ -267,3 +268,44 @@ def test_overfit_model_beats_its_base(cli, tiny_models, shapes, tmp_path):
     totals = page.tables["totals"]
     assert totals[1][1] == f"{tuned:.3f}" and totals[2][1] == f"{untuned:.3f}"
     assert totals[3][0].startswith("delta") and totals[3][1] == f"{tuned - untuned:+.3f}"
+
+
+def test_an_unwritable_report_is_refused_before_loading(cli, monkeypatch, picture_data, tmp_path):
+    """-o is probed (a staging-named folder made and removed) before any model loads."""
+    import os
+
+    from vlmsurgeon.errors import BadInput
+    from vlmsurgeon.eval_report import write_report
+    from vlmsurgeon.evaluate import EvalResult, Model
+
+    fake = FakeModel(REPLIES)
+    fake.install(monkeypatch)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    long = tmp_path / ("r" * 250)  # fits a name, but not its staging folder .NAME.XXXXXXXX
+    targets = [(long, "name too long for the file system (250 bytes")]
+    if os.geteuid() != 0:  # root writes anywhere
+        (tmp_path / "ro").mkdir(mode=0o555)
+        targets.append((tmp_path / "ro" / "rep", "cannot write the report in"))
+    for target, what in targets:
+        code, out, err = cli("eval", "tuned", "--data", picture_data, "-o", target)
+        assert (code, out) == (2, "") and what in err and len(err.splitlines()) == 1, err
+        assert "(try: " in err and "Errno" not in err, err
+    assert not fake.calls  # nothing generated
+    assert sorted(p.name for p in tmp_path.iterdir()) == before + (["ro"] if len(targets) > 1 else [])
+    with pytest.raises(BadInput, match="name too long"):
+        write_report(EvalResult("d", [Model("model", "m")], [], []), long)
+
+
+def test_a_missing_compare_is_refused_before_generating(cli, monkeypatch, picture_data, tiny_models):
+    """--compare is resolved with SOURCE, before any row is answered; offline, without the network."""
+    import huggingface_hub.constants
+
+    model = tiny_models("llava")
+    fake = FakeModel({str(model): REPLIES["tuned"]})
+    monkeypatch.setattr(generation, "answer", fake.answer)  # SOURCE itself loads for real
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    code, out, err = cli("eval", model, "--data", picture_data, "--compare", "org/no-such-model")
+    assert (code, out) == (2, "") and len(err.splitlines()) == 1, err
+    assert "--compare model 'org/no-such-model': no such local directory" in err, err
+    assert "HF_HUB_OFFLINE is set" in err and "connect" not in err, err
+    assert not fake.calls  # SOURCE answered nothing

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+from fractions import Fraction
 from pathlib import Path
 
 import pytest
@@ -18,18 +19,20 @@ from vlmsurgeon.data import load_dataset_rows
 END = "<|im_end|>"
 
 
-def write_video(path: Path, frames: int = 6, size: int = 32) -> Path:
-    """A short clip written with PyAV (the decoder the tool reads videos with)."""
+def write_video(path: Path, frames: int = 6, size: int | tuple[int, int] = 32, rate: int | Fraction = 4) -> Path:
+    """A short clip written with PyAV (the decoder the tool reads videos with); `size` is a side
+    or (width, height)."""
     import av
     import numpy as np
 
+    width, height = (size, size) if isinstance(size, int) else size
     with av.open(str(path), "w") as out:
-        stream = out.add_stream("mpeg4", rate=4)
-        stream.width = stream.height = size
+        stream = out.add_stream("mpeg4", rate=rate)
+        stream.width, stream.height = width, height
         stream.pix_fmt = "yuv420p"
         for i in range(frames):
-            image = np.zeros((size, size, 3), np.uint8)
-            image[:, : (i + 1) * size // frames] = (200, 40, 40)
+            image = np.zeros((height, width, 3), np.uint8)
+            image[:, : (i + 1) * width // frames] = (200, 40, 40)
             for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
                 out.mux(packet)
         for packet in stream.encode():

@@ -141,6 +141,57 @@ def test_a_bad_image_is_refused_before_any_weight_loads(runs, cli, tmp_path, mon
         assert (code, out) == (2, "") and what in err and len(err.strip().splitlines()) == 1, err
 
 
+def test_media_are_checked_as_data_check_does_and_videos_sampled_as_training(runs, cli, tmp_path, monkeypatch):
+    """--image / --video go through media.check_media: a bad one is refused before any weight loads
+    with the reason data check gives for the same reference; a video is sampled as finetune samples
+    it (collate's fps, frame cap and pixel budget), not decoded whole."""
+    from tests.test_formats import write_video
+    from vlmsurgeon import generation, media
+    from vlmsurgeon.collate import VIDEO_FPS, VIDEO_FRAME_PIXELS, VIDEO_MAX_FRAMES
+    from vlmsurgeon.data import load_dataset_rows
+
+    base, run, _ = runs["qwen2_vl"]
+    (tmp_path / "text.mp4").write_text("not a video")
+    (tmp_path / "tiny.png").write_bytes(_png(2, 2))
+    bad = [("video", tmp_path / "missing.mp4"), ("video", tmp_path / "text.mp4"), ("image", tmp_path / "tiny.png"),
+           ("image", "https://example.com/cat.png")]
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"<{kind}>Hi"},
+                                                     {"role": "assistant", "content": "Yo"}],
+                                        f"{kind}s": [str(ref)]}) + "\n" for kind, ref in bad))
+    reasons = [row.reason for row in load_dataset_rows(data).bad]
+    with monkeypatch.context() as patch:
+        patch.setattr(generation, "load_for_inference", lambda *a, **k: pytest.fail("weights were loaded"))
+        for (kind, ref), reason in zip(bad, reasons, strict=True):
+            code, out, err = cli("generate", run, f"--{kind}", ref, "--prompt", PROMPT)
+            assert (code, out) == (2, ""), err
+            assert len(err.strip().splitlines()) == 1 and err.startswith(f"vlmsurgeon: error: {reason} (try: "), \
+                (reason, err)
+    calls = []
+
+    def spy(ref, max_frames, fps, max_pixels=None):
+        frames = load_video(ref, max_frames, fps, max_pixels)
+        calls.append((max_frames, fps, max_pixels, len(frames)))
+        return frames
+
+    load_video = media.load_video
+    monkeypatch.setattr(media, "load_video", spy)
+    clip = write_video(tmp_path / "clip.mp4", frames=40, size=(64, 48), rate=20)  # 2 s: 4 frames at 2 fps
+    code, out, err = cli("generate", run, "--video", clip, "--prompt", PROMPT, "--max-new-tokens", "2")
+    assert code == 0, err
+    assert calls == [(VIDEO_MAX_FRAMES, VIDEO_FPS, VIDEO_FRAME_PIXELS, 4)]
+
+
+def _png(width: int, height: int) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), "red").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def test_bad_input_is_one_line_exit_2(runs, image, cli, tmp_path, shapes):
     base, run, _ = runs["llava"]
     empty = tmp_path / "empty"
@@ -170,3 +221,60 @@ def test_source_kind_without_loading(runs, tmp_path):
     assert source_kind("org/some-model") == "model"  # a hub id's shape; the load says if it is missing
     with pytest.raises(BadInput):
         source_kind(str(tmp_path))
+
+
+def test_a_run_or_adapter_for_another_base_is_refused(runs, image, cli):
+    """peft skips a module the base lacks: without merge's check the base would answer alone."""
+    qwen_base, qwen_run, _ = runs["qwen2_vl"]
+    llava_base, llava_run, _ = runs["llava"]
+    for source, base in ((qwen_run, llava_base), (qwen_run / "adapter", llava_base),
+                         (llava_run / "adapter", qwen_base)):
+        code, out, err = cli("generate", source, "--base", base, "--image", image, "--prompt", PROMPT,
+                             "--max-new-tokens", "2")
+        assert (code, out) == (2, ""), (source, err)
+        assert len(err.strip().splitlines()) == 1 and "(try: pass the " in err, err
+        assert "does not fit the base" in err or "has no base weight" in err, err
+        tensor = err.split("tensor ", 1)[1].split()[0]
+        family = "multi_modal_projector" if "llava" in str(source) else "visual"
+        assert family in tensor, err  # the first tensor the other family lacks, by name
+
+
+def test_a_typed_placeholder_marks_where_the_image_goes(runs, image, cli):
+    """`<image>`, or the model's own placeholder, typed in the prompt counts against --image."""
+    qwen, llava = runs["qwen2_vl"][0], runs["llava"][0]
+    for model, typed in ((qwen, "<image><image>"), (qwen, "<|vision_start|><|image_pad|><|vision_end|> <image>"),
+                         (llava, "<image> <image>")):
+        code, out, err = cli("generate", model, "--image", image, "--prompt", f"{typed} {PROMPT}")
+        assert (code, out) == (2, ""), err
+        assert "2 image placeholder(s)" in err and "but 1 image(s)" in err and len(err.splitlines()) == 1, err
+    code, out, err = cli("generate", qwen, "--prompt", f"<|image_pad|>{PROMPT}")
+    assert (code, out) == (2, "") and "1 image placeholder(s) (<|image_pad|>) but 0 image(s)" in err, err
+    for model in (qwen, llava):  # one typed placeholder is where the image goes: here, first, as without
+        answers = []
+        for prompt in (f"<image>{PROMPT}", PROMPT):
+            code, out, err = cli("generate", model, "--image", image, "--prompt", prompt, "--max-new-tokens", "4",
+                                 "--json")
+            assert code == 0, err
+            answers.append({k: v for k, v in json.loads(out).items() if k != "seconds"})
+        assert answers[0] == answers[1]
+
+
+@pytest.mark.parametrize("auto_map", [True, False])
+def test_remote_code_is_refused_naming_the_flag(tiny_models, shapes, image, cli, tmp_path, auto_map):
+    config = json.loads((tiny_models("llava") / "config.json").read_text())
+    config["model_type"] = "frob_vl"
+    if auto_map:
+        config["auto_map"] = {"AutoConfig": "configuration_frob.FrobConfig",
+                              "AutoModelForImageTextToText": "modeling_frob.FrobForConditionalGeneration"}
+    model = tmp_path / "frob"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps(config))
+    for args in (("generate", model, "--image", image, "--prompt", PROMPT), ("chat", model),
+                 ("eval", model, "--data", shapes)):
+        code, out, err = cli(*args)
+        assert (code, out) == (2, ""), (args, err)
+        assert len(err.strip().splitlines()) == 1 and "model_type 'frob_vl'" in err, err
+        hint = err.split("(try: ", 1)[1]
+        assert "--trust-remote-code" in hint, err
+        assert ("if you trust the repo's code" in hint) == auto_map, err
+        assert ("upgrade transformers" in hint) != auto_map, err

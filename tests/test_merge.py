@@ -4,6 +4,7 @@ streams shard by shard, leaves nothing behind when killed, and diff proves --fre
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -90,8 +91,10 @@ def test_default_target_reproduces_the_model_as_trained(runs, tiny_models, tmp_p
                          "--json")
     assert code == 0, err
     verdict = json.loads(out)["verify"]
-    assert verdict["ok"] and verdict["checked_against"] == "trained"
-    assert verdict["vs_trained"] < 1e-4 < verdict["vs_original"]  # dequantized reproduces training
+    assert verdict["ok"] and verdict["checked_against"] == "trained" and verdict["first_mismatch"] is None
+    assert verdict["tensors"]["lora_merged"] == 14
+    # in fp32 nothing rounds: the export is the model as trained, up to fp32 summation order
+    assert verdict["logits"]["vs_reference"] < 1e-4 and verdict["logits"]["rounding"] == 0.0
 
 
 def test_diff_after_freeze_vision(runs, tiny_models, cli):
@@ -184,8 +187,11 @@ def big(tmp_path_factory):
 def test_streaming_merge_peak_memory_below_half_the_base(big, tmp_path):
     base, adapter, size = big
     assert len(list(base.glob("*.safetensors"))) >= 4
+    # large blocks straight from mmap, so a freed tensor leaves RSS at once: glibc's heap otherwise
+    # keeps freed memory, and the peak read 0.33-0.50 of the base from run to run (0.215 with this)
     proc = subprocess.run([sys.executable, "-c", MEASURE, str(adapter), str(tmp_path / "out")],
-                          capture_output=True, text=True, cwd=ROOT, timeout=600)
+                          capture_output=True, text=True, cwd=ROOT, timeout=600,
+                          env={**os.environ, "MALLOC_MMAP_THRESHOLD_": "1048576"})
     assert proc.returncode == 0, proc.stderr[-2000:]
     rss = json.loads(proc.stdout.strip().splitlines()[-1])
     grew = rss["after"] - rss["before"]  # the merge's own peak, above the imported libraries

@@ -78,3 +78,32 @@ def test_config_file_supplies_options_and_flags_override(tmp_path, cli, tiny_mod
     (tmp_path / "vlmsurgeon.yaml").write_text("freeze: vision\n")
     code, _, err = cli("plan")
     assert code == 2 and "no model given" in err and "vlmsurgeon.yaml" in err
+
+
+@pytest.mark.parametrize("auto_map", [True, False])
+def test_an_unknown_model_type_offers_remote_code_only_when_the_config_has_auto_map(tmp_path, cli, auto_map):
+    """Repo code can build a model only through the auto_map of its config.json: without one the
+    hint is to upgrade transformers or check model_type, in plan and in budget check alike."""
+    config = {"model_type": "not_a_model"}
+    if auto_map:
+        config["auto_map"] = {"AutoConfig": "configuration_x.XConfig",
+                              "AutoModelForImageTextToText": "modeling_x.XForConditionalGeneration"}
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps(config))
+    budget = tmp_path / "budget.yaml"
+    budget.write_text(f"models:\n  - name: x\n    model: {model}\n    freeze: vision\n    limits:\n      total: 1B\n")
+    for args, setting in ((("plan", model, "--freeze", "vision"), "pass --trust-remote-code"),
+                          (("budget", "check", budget), "set trust_remote_code: true on the entry")):
+        code, _, err = cli(*args)
+        lines = [line for line in err.splitlines() if line.startswith("vlmsurgeon: error:")]
+        assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+        line = lines[0]
+        assert f"model '{model}': model_type 'not_a_model'" in line, line
+        if auto_map:
+            assert "needs code from the model repo" in line and f"(try: {setting} if you trust the repo's code)" in line
+        else:
+            assert "is unknown to transformers" in line and "has no auto_map" in line, line
+            assert line.endswith("(try: upgrade transformers if the model type is newer, or check model_type "
+                                 "in its config.json)"), line
+            assert "remote" not in line.split("(try: ")[1] and "trust" not in line, line

@@ -97,6 +97,22 @@ def test_resume_with_other_inputs_exits_2_before_loading(run_copy, tiny_models, 
     assert (run_copy / "vlmsurgeon.json").read_text() == before
 
 
+def test_resume_with_no_more_steps_than_done_exits_2_before_loading(run_copy, tiny_models, shapes, cli, monkeypatch):
+    """Checkpoints at 2 and 4: --steps 2 (fewer) or 4 (the same) has nothing to train. Trainer would
+    take a 5th step at learning rate 0 and write the run's outputs over the finished ones."""
+    before = (run_copy / "vlmsurgeon.json").read_text()
+    no_weights(monkeypatch)
+    for steps, left in (("2", ""), ("4", "; nothing left to train")):
+        code, _, err = cli("finetune", tiny_models("qwen2_vl"), "--data", shapes, "-o", run_copy, *COMMON,
+                           "--save-every", "2", "--steps", steps, "--resume")
+        assert code == 2, err
+        assert error_line(err) == (f"vlmsurgeon: error: --steps {steps}: run '{run_copy}' has already done 4 steps "
+                                   f"(checkpoint-4){left} (try: pass --steps above 4 to train it on, or another -o "
+                                   "to start a new run)")
+    assert sorted(p.name for p in (run_copy / "checkpoints").iterdir()) == ["checkpoint-2", "checkpoint-4"]
+    assert (run_copy / "vlmsurgeon.json").read_text() == before
+
+
 def test_resume_changed_trains_on_with_the_new_rate_and_records_it(run_copy, tiny_models, shapes, cli):
     code, _, err = cli("finetune", tiny_models("qwen2_vl"), "--data", shapes, "-o", run_copy, *COMMON[:-4],
                        "--lr", "1e-3", "--quantize", "none", "--steps", "6", "--save-every", "2", "--resume",

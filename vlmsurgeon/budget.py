@@ -407,6 +407,26 @@ def write_junit(result: BudgetResult, out: Path) -> None:
     _write_atomic(junit_xml(result), out)
 
 
+def check_junit_target(out: Path) -> None:
+    """Before anything is checked: the report can be written at `out` (found at the end, a bad path
+    would come after the whole table, as a refusal with a result printed)."""
+    folder = next((p for p in (out.parent, *out.parent.parents) if p.exists()), None)
+    if out.is_dir():
+        raise BadInput(f"--junit {out}: is a folder", "give a file path, e.g. budget.xml")
+    if folder is not None and not folder.is_dir():
+        raise BadInput(f"--junit {out}: '{folder}' is a file, not a folder", "give a writable file path")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+        os.close(fd)
+        os.unlink(name)
+    except OSError as exc:
+        what = f"--junit {out}: cannot write ({exc.strerror or exc})"
+        if exc.errno in _PATH_ERRNOS:
+            raise BadInput(what, "give a writable file path") from exc
+        raise RuntimeFailure(what, "free disk space, or write the report elsewhere") from exc
+
+
 def _write_atomic(data: bytes, out: Path) -> None:
     """`out` holds all of `data` or what it held before; never a part. OSError becomes BadInput
     when the path is at fault (exit 2), RuntimeFailure otherwise (a full disk: exit 3)."""

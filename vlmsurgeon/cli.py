@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import os
@@ -325,9 +326,11 @@ def budget_check(
     """Check every limit of every model; exit 0 when all hold, 1 when any fails, 2 when the file
     is invalid or a model could not be checked (the others still are). --junit is always written."""
     _quiet_libraries()
-    from .budget import check_budget, invalid_file_result, write_junit
+    from .budget import check_budget, check_junit_target, invalid_file_result, write_junit
     from .render import budget_table, make_console, print_json
 
+    if junit:
+        check_junit_target(junit)
     try:
         result = check_budget(budget)
     except VlmSurgeonError as exc:
@@ -434,6 +437,14 @@ def main() -> None:
     except KeyboardInterrupt:
         print("vlmsurgeon: interrupted", file=sys.stderr)
         sys.exit(130)
+    except OSError as exc:
+        if exc.errno != errno.ENAMETOOLONG:  # any path a user typed may be too long: bad input
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            _fail(f"{type(exc).__name__}: {first} (try: VLMSURGEON_DEBUG=1 for the traceback)", 3, debug)
+        name = str(exc.filename or "")
+        shown = name if len(name) <= 60 else f"{name[:40]}…{name[-12:]}"
+        _fail(f"'{shown}': a name in this path is longer than the file system allows (255 bytes) "
+              "(try: a shorter file or folder name)", 2, debug)
     except Exception as exc:  # a bug or an unexpected library failure: still one line
         first = str(exc).splitlines()[0] if str(exc) else ""
         _fail(f"{type(exc).__name__}: {first} (try: VLMSURGEON_DEBUG=1 for the traceback)", 3, debug)

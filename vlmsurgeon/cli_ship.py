@@ -101,8 +101,9 @@ def merge(
     elif verdict:
         print("\n".join(verdict.lines(dtype)))
     if verdict and not verdict.ok:
-        raise CheckFailed("verify: the export does not reproduce the trained model within tolerance",
-                          "compare --target dequantized/original, or export --dtype fp32")
+        raise CheckFailed(f"verify: {verdict.mismatch.tensor} in the export is not the base and run's "
+                          f"merge rounded to {dtype}",
+                          "merge again into a new -o; if it persists, run with VLMSURGEON_DEBUG=1 and report it")
 
 
 def diff(

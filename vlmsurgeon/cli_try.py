@@ -19,8 +19,8 @@ TRUST_HELP = "Allow code from the model repo (auto_map)."
 
 def generate(
     source: str = typer.Argument(..., help="Hub id, model directory, run directory, peft adapter or merged export."),
-    image: list[Path] = typer.Option([], "--image", help="An image for the prompt (repeat for more)."),
-    video: list[Path] = typer.Option([], "--video", help="A video for the prompt (video models)."),
+    image: list[str] = typer.Option([], "--image", help="An image for the prompt (repeat for more)."),
+    video: list[str] = typer.Option([], "--video", help="A video for the prompt (video models)."),
     prompt: str = typer.Option(..., "--prompt", help="The question or instruction."),
     max_new_tokens: int = typer.Option(128, "--max-new-tokens", min=1, help="Most tokens to generate."),
     temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="0: greedy; above 0: sampling."),
@@ -31,18 +31,15 @@ def generate(
     """Ask a model, a run (as trained) or an export about an image: the answer on stdout."""
     quiet_libraries()
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # a weight-loading bar before one answer is noise
-    from .errors import BadInput
+    from .generation import answer, load_for_inference, prompt_turn, read_image, read_video
 
-    from .generation import answer, load_for_inference, read_image, user_turn
-
-    images = [read_image(path) for path in image]  # a bad image is named before any weight loads
-    for path in video:
-        if not path.is_file():
-            raise BadInput(f"video not found: {path}", "check the path")
+    # checked as data check checks media (media.check_media), before any weight loads
+    images = [read_image(ref) for ref in image]
+    videos = [read_video(ref) for ref in video]
     loaded = load_for_inference(source, base=base, trust_remote_code=trust_remote_code)
     stream = sys.stdout.isatty() and not as_json
     on_text = (lambda text: print(text, end="", flush=True)) if stream else None
-    result = answer(loaded, [user_turn(prompt, len(images), len(video))], images, video,
+    result = answer(loaded, [prompt_turn(loaded, prompt, len(images), len(videos))], images, videos,
                     max_new_tokens=max_new_tokens, temperature=temperature, on_text=on_text)
     if as_json:
         print(json.dumps({"text": result.text, "tokens": result.tokens, "prompt_tokens": result.prompt_tokens,

@@ -11,6 +11,12 @@ from .data import Sample
 from .errors import BadInput
 
 IGNORE = -100
+# How videos are sampled when the user sets nothing: LLaMA-Factory's defaults (ProcessorArguments
+# video_fps, video_maxlen, video_max_pixels), with which its mllm_video_demo.json trains out of the
+# box; qwen-vl-utils also samples at 2 fps. Every frame of a 10 s clip at 25 fps was 7,320 tokens.
+VIDEO_FPS = 2.0
+VIDEO_MAX_FRAMES = 128
+VIDEO_FRAME_PIXELS = 256 * 256
 # Processors whose token_type_ids mark prefix (0, bidirectional) vs suffix (1, causal, trained):
 # for training, what is learned must be the causal suffix.
 PREFIX_LM = ("PaliGemmaProcessor",)
@@ -79,6 +85,8 @@ class RowStats:
     media_end: int  # one past the last image/video token (0 without media)
     first_label: int  # the first trained position
     video_inputs: bool = False  # the encoding holds a video tensor (pixel_values_videos, …)
+    frames: int = 0  # the most frames sampled from one of the row's videos
+    frame_pixels: int = 0  # the most pixels of one of those frames, as given to the processor
 
     @property
     def text_tokens(self) -> int:
@@ -92,10 +100,15 @@ class Collator:
     `train: false` (ms-swift's `"loss": false`) stay -100."""
 
     def __init__(self, processor: Any, seq_len: int, *, video_frames: int | None = None,
-                 video_fps: float | None = None) -> None:
+                 video_fps: float | None = None, max_pixels: int | None = None) -> None:
         self.processor = processor
         self.seq_len = seq_len
-        self.video_frames, self.video_fps = video_frames, video_fps
+        self.given = {"video_frames": video_frames, "video_fps": video_fps, "max_pixels": max_pixels}
+        # --video-frames alone means that many frames over the whole video; the rest default
+        self.video_fps = video_fps if video_fps or video_frames else VIDEO_FPS
+        self.video_frames = video_frames or VIDEO_MAX_FRAMES
+        # a pixel budget only where tokens grow with pixels; --max-pixels, when set, is the budget
+        self.frame_pixels = VIDEO_FRAME_PIXELS if max_pixels is None and pixel_budgeted(processor) else None
         tokenizer = getattr(processor, "tokenizer", processor)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.media_ids = {kind: _token_id(processor, kind) for kind in ("image", "video")}
@@ -149,16 +162,25 @@ class Collator:
                     break
         return labels
 
+    def video_sampling(self) -> dict[str, Any]:
+        """How videos are sampled, and which of it are defaults rather than the user's options."""
+        defaults = [name for name, value in (("video_fps", self.given["video_fps"] is None and self.video_fps),
+                                             ("video_frames", self.given["video_frames"] is None),
+                                             ("max_pixels", self.frame_pixels)) if value]
+        return {"fps": self.video_fps, "max_frames": self.video_frames, "frame_pixels": self.frame_pixels,
+                "defaults": defaults}
+
     def load_media(self, sample: Sample) -> tuple[list[Any], list[Any]]:
         from .media import load_video, open_image
 
         return ([open_image(r) for r in sample.images],
-                [load_video(r, self.video_frames, self.video_fps) for r in sample.videos])
+                [load_video(r, self.video_frames, self.video_fps, self.frame_pixels) for r in sample.videos])
 
-    def full_encoding(self, sample: Sample, first_only: bool = False) -> dict[str, Any]:
+    def full_encoding(self, sample: Sample, first_only: bool = False,
+                      media: tuple[list[Any], list[Any]] | None = None) -> dict[str, Any]:
         """The whole row, labelled, before any truncation (`first_only`: only the first trained
         turn is labelled, for `measure`)."""
-        media = self.load_media(sample)
+        media = media or self.load_media(sample)
         batch = dict(self.encode(self.render(sample.messages, tools=sample.tools), *media))
         input_ids = batch["input_ids"][0]
         batch["labels"] = self.labels(sample, media, input_ids, first_only)[None]
@@ -182,7 +204,8 @@ class Collator:
 
     def measure(self, sample: Sample) -> RowStats:
         """What `finetune` checks before training: token counts and the media / label bounds."""
-        batch = self.full_encoding(sample, first_only=True)
+        media = self.load_media(sample)
+        batch = self.full_encoding(sample, first_only=True, media=media)
         ids = batch["input_ids"][0]
         counts, end = {}, 0
         for kind, token in self.media_ids.items():
@@ -198,8 +221,15 @@ class Collator:
                 end = max(end, int(where.max()) + 1)
         trained = (batch["labels"][0] != IGNORE).nonzero().flatten()
         first = int(trained[0]) if len(trained) else len(ids)
+        frames = [v for v in media[1] if hasattr(v, "shape") and len(v.shape) == 4]
         return RowStats(len(ids), counts["image"], counts["video"], end, first,
-                        any("video" in key for key in batch))
+                        any("video" in key for key in batch), max((v.shape[0] for v in frames), default=0),
+                        max((v.shape[1] * v.shape[2] for v in frames), default=0))
+
+    def count(self, sample: Sample) -> int:
+        """The row's tokens, untruncated: one processor call (no labels), for what-if figures."""
+        return int(self.encode(self.render(sample.messages, tools=sample.tools), *self.load_media(sample))
+                   ["input_ids"].shape[1])
 
     def encode_sample(self, sample: Sample) -> dict[str, Any]:
         return self.truncate(self.full_encoding(sample), sample)
@@ -221,6 +251,16 @@ class Collator:
     def __call__(self, samples: list[Sample]) -> dict[str, Any]:
         encoded = [self.encode_sample(s) for s in samples]
         return pad_and_stack(encoded, self.pad_id, batch_aligned=self.batch_aligned, packed=self.packed)
+
+
+def pixel_budgeted(processor: Any) -> bool:
+    """Whether the processor's video tokens grow with a frame's pixels (Qwen2/2.5/3-VL, GLM-4V: a
+    pixel budget as shortest/longest edge), so that a frame pixel budget means fewer tokens.
+    Fixed-size processors resize every frame to their own size anyway."""
+    part = getattr(processor, "video_processor", None)
+    size = getattr(part, "size", None)
+    keys = size.keys() if isinstance(size, dict) else [k for k, _ in size] if size is not None else []
+    return hasattr(part, "merge_size") and {"longest_edge", "shortest_edge"} <= set(keys)
 
 
 def _token_id(processor: Any, kind: str) -> int | None:

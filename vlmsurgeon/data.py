@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .formats import RowError, Spec, convert
-from .media import MediaError, check_image, check_video, resolve
+from .media import MediaError, check_media
 from .readers import open_source
 
 
@@ -93,12 +93,7 @@ def _check(messages: list[dict[str, Any]], images: list[Any], videos: list[Any])
 
 
 def _media(refs: list[Any], base: Path, root: Path | None, kind: str) -> list[Any]:
-    resolved = []
-    for ref in refs:
-        item = resolve(ref, base, root, kind)
-        (check_image if kind == "image" else check_video)(item)
-        resolved.append(item)
-    return resolved
+    return [check_media(ref, kind, base, root) for ref in refs]
 
 
 def file_sha256(path: Path) -> str:

@@ -5,6 +5,8 @@ text after their media are counted as truncated."""
 
 from __future__ import annotations
 
+import copy
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +30,7 @@ class DataReport:
     tokens: dict[str, list[int]] = field(default_factory=dict)  # text / image / video / total
     notes: list[str] = field(default_factory=list)
     processor: dict[str, Any] = field(default_factory=dict)
+    video_sampling: dict[str, Any] = field(default_factory=dict)  # fps, max_frames, frame_pixels
 
     @property
     def skipped(self) -> int:
@@ -47,9 +50,12 @@ class DataReport:
 
     def record(self) -> dict[str, Any]:
         """What vlmsurgeon.json keeps under `data` (besides path and hash)."""
-        return {"rows": self.rows, "images": self.images, "videos": self.videos,
+        kept = {"rows": self.rows, "images": self.images, "videos": self.videos,
                 "truncated": self.truncated, "skipped": self.skipped, "formats": self.formats,
                 "tokens": self.stats(), "seq_len": self.seq_len}
+        if self.videos:
+            kept["video_sampling"] = self.video_sampling
+        return kept
 
 
 def _percentiles(values: list[int]) -> dict[str, int]:
@@ -82,8 +88,88 @@ def _media_problem(sample: Sample, stats: Any, collator: Any) -> str | None:
     return None
 
 
+# Over-limit video rows whose fixes are measured (each fix is one more pass through the processor);
+# later ones name the options without figures.
+FIGURED = 3
+
+
+def _sampling_note(sampling: dict[str, Any]) -> str | None:
+    """The video sampling the user did not choose, said once, with the options that change it."""
+    said = {"video_fps": (f"{sampling['fps'] or 0:g} fps", "--video-fps"),
+            "video_frames": (f"at most {sampling['max_frames']} frames", "--video-frames"),
+            "max_pixels": (f"at most {sampling['frame_pixels'] or 0:,} pixels a frame", "--max-pixels")}
+    parts = [said[name] for name in sampling["defaults"]]
+    if not parts:
+        return None
+    join = lambda items: items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]  # noqa: E731
+    return (f"videos sampled at the defaults, {join([p for p, _ in parts])} "
+            f"(set {join([f for _, f in parts]).replace(' and ', ' or ')} to change them)")
+
+
+def _floor2(value: float) -> float:
+    """`value` rounded down to two significant digits: 0.634 → 0.63, 1843 → 1800."""
+    if value <= 0:
+        return 0
+    step = 10 ** (math.floor(math.log10(value)) - 1)
+    return math.floor(value / step + 1e-9) * step
+
+
+def _video_fixes(sample: Sample, stats: Any, collator: Any) -> str:
+    """What each option that shrinks the row's video would make of it: a value at which the whole
+    row fits, and the row's tokens there, measured through the processor."""
+    from .collate import Collator, pixel_budgeted
+
+    seq_len, given = collator.seq_len, dict(collator.given)
+    text = stats.tokens - stats.video_tokens
+    fixes: list[str] = []
+
+    def fit(flag: str, start: float, make: Any) -> None:
+        """Try `start`, then smaller values, until the row fits; report the last one tried."""
+        value, tokens = start, None
+        for _ in range(4):
+            value = make(value)
+            try:
+                processor, change = (_with_max_pixels(collator.processor, value), {"max_pixels": value}) \
+                    if flag == "--max-pixels" else (collator.processor, {flag[2:].replace("-", "_"): value})
+                tokens = Collator(processor, seq_len, **{**given, **change}).count(sample)
+            except Exception:  # the processor refuses that value: this option is no fix here
+                return
+            if tokens <= seq_len:
+                break
+            value *= 0.8
+        shown = f"{value:g}" if isinstance(value, float) else str(value)
+        fixes.append(f"{tokens} {'tokens ' if not fixes else ''}at {flag} {shown}")
+
+    if text < seq_len:
+        scale = (seq_len - text) / stats.video_tokens
+        if collator.video_fps:
+            fit("--video-fps", collator.video_fps * scale, lambda v: max(0.1, float(_floor2(v))))
+        if stats.frames > 2:
+            fit("--video-frames", stats.frames * scale, lambda v: max(2, int(v) // 2 * 2))
+        if pixel_budgeted(collator.processor) and stats.frame_pixels:
+            size = _size(collator.processor.video_processor)
+            floor = size["shortest_edge"]
+            fit("--max-pixels", min(stats.frame_pixels, size["longest_edge"]) * scale,
+                lambda v: max(int(_floor2(v)), floor))
+    held = "it would be " + ", ".join(fixes) + ", or it fits whole" if fixes else "it fits whole"
+    return f"; {held} at --seq-len {stats.tokens}"
+
+
+def _with_max_pixels(processor: Any, pixels: int) -> Any:
+    """A copy of `processor` as `--max-pixels pixels` would set it (the original stays as it is)."""
+    clone = copy.copy(processor)
+    for name in ("image_processor", "video_processor"):
+        if getattr(processor, name, None) is not None:
+            setattr(clone, name, copy.deepcopy(getattr(processor, name)))
+    apply_overrides(clone, {"max_pixels": pixels})
+    return clone
+
+
 def check_rows(data: Dataset, collator: Any) -> tuple[DataReport, list[Sample]]:
-    """Measure every row; returns the report and the rows that train."""
+    """Measure every row; returns the report and the rows that train. A source without a single
+    row is bad input: a check that passes on nothing would let a CI gate pass on nothing."""
+    if not data.samples and not data.bad:
+        raise BadInput(f"data '{data.path}': no rows", "check the file's format (see README)")
     seq_len = collator.seq_len
     report = DataReport(str(data.path), data.kind, 0, 0, 0, dict(data.formats), seq_len,
                         bad=list(data.bad), notes=data.messages())
@@ -104,7 +190,12 @@ def check_rows(data: Dataset, collator: Any) -> tuple[DataReport, list[Sample]]:
             report.bad.append(BadRow(sample.line, f"the processor refused it ({type(exc).__name__}: {first})",
                                      sample.unit))
             continue
-        problem = _media_problem(sample, stats, collator) or _limit_problem(stats, seq_len)
+        dropped = _media_problem(sample, stats, collator)
+        problem = dropped or _limit_problem(stats, seq_len)
+        if problem and not dropped and stats.video_tokens:
+            figured = sum("; it would be" in b.reason for b in report.over_limit) < FIGURED
+            problem += (_video_fixes(sample, stats, collator) if figured else
+                        "; lower --video-fps, --video-frames or --max-pixels, or raise --seq-len")
         if problem:
             report.over_limit.append(BadRow(sample.line, problem, sample.unit))
             continue
@@ -125,6 +216,11 @@ def check_rows(data: Dataset, collator: Any) -> tuple[DataReport, list[Sample]]:
         if not renders_tools(collator.processor):
             report.notes.append(f"{with_tools} row(s) describe tools, but this model's chat template does "
                                 "not render tools: their descriptions do not reach the model")
+    if any(s.videos for s in data.samples):
+        report.video_sampling = {k: v for k, v in collator.video_sampling().items() if k != "defaults"}
+        note = _sampling_note(collator.video_sampling())
+        if note:
+            report.notes.append(note)
     if report.truncated:
         report.notes.append(f"{report.truncated} row(s) longer than --seq-len {seq_len}: text after their "
                             "media is cut (their first labels are kept)")
@@ -145,6 +241,34 @@ def processor_overrides(opts: Any) -> dict[str, Any]:
     return out
 
 
+def _size(part: Any, attr: str = "size") -> dict[str, Any] | None:
+    """A processor part's `size` (or `crop_size`) as a plain dict: transformers 4 holds a dict, 5 a
+    SizeDict (its unset fields None, its iteration (key, value) pairs); None when there is none."""
+    size = getattr(part, attr, None)
+    if isinstance(size, dict):
+        return {k: v for k, v in size.items() if v is not None}
+    if size is not None and hasattr(size, "__dataclass_fields__"):  # SizeDict
+        return {k: getattr(size, k) for k in size.__dataclass_fields__ if getattr(size, k) is not None}
+    return None
+
+
+def _set_size(part: Any, size: dict[str, Any], attr: str = "size") -> None:
+    """Write `size` back in the type the part held (a SizeDict stays a SizeDict)."""
+    held = getattr(part, attr, None)
+    setattr(part, attr, size if isinstance(held, dict) or held is None else type(held)(**size))
+
+
+def _set_image_size(part: Any, size: dict[str, Any], side: int) -> None:
+    _set_size(part, {"height": side, "width": side} if "height" in size else {k: side for k in size})
+    if getattr(part, "do_center_crop", False) and _size(part, "crop_size"):  # CLIP-style: the crop is the size
+        _set_size(part, {"height": side, "width": side}, "crop_size")
+
+
+def _qwen_style(part: Any, size: dict[str, Any]) -> bool:
+    """A pixel-budget processor (Qwen2/2.5/3-VL, GLM-4V, …): min/max pixels as shortest/longest edge."""
+    return "longest_edge" in size and "shortest_edge" in size and hasattr(part, "merge_size")
+
+
 def apply_overrides(processor: Any, overrides: dict[str, Any]) -> dict[str, Any]:
     """Set the pixel budget on the processor's image and video processors; returns what was set
     (a setting no part of this processor knows is refused, never ignored)."""
@@ -153,18 +277,17 @@ def apply_overrides(processor: Any, overrides: dict[str, Any]) -> dict[str, Any]
     for name, value in overrides.items():
         touched = False
         for part in parts:
-            size = getattr(part, "size", None)
-            if name in ("max_pixels", "min_pixels") and isinstance(size, dict) and "longest_edge" in size \
-                    and "shortest_edge" in size and hasattr(part, "merge_size"):
-                size = dict(size)
+            size = _size(part)
+            if size is None:
+                continue
+            if name in ("max_pixels", "min_pixels") and _qwen_style(part, size):
                 size["longest_edge" if name == "max_pixels" else "shortest_edge"] = int(value)
-                part.size = size
+                _set_size(part, size)
                 if hasattr(part, name):
                     setattr(part, name, int(value))
                 touched = True
-            elif name == "image_size" and isinstance(size, dict):
-                part.size = ({"height": int(value), "width": int(value)} if "height" in size
-                             else {k: int(value) for k in size})
+            elif name == "image_size" and not _qwen_style(part, size):  # there, sizes are pixel counts
+                _set_image_size(part, size, int(value))
                 touched = True
         if not touched:
             raise BadInput(f"--{name.replace('_', '-')}: this model's processor has no such setting",

@@ -5,15 +5,17 @@ into place, so a folder that exists is complete."""
 from __future__ import annotations
 
 import base64
+import errno
 import html
 import io
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from .errors import BadInput
+from .errors import BadInput, RuntimeFailure, VlmSurgeonError
 from .evaluate import METRICS, EvalResult, Row
 from .fsutil import clean_leftovers, publish
 
@@ -26,12 +28,35 @@ th{background:#f3f3f3}td.text{white-space:pre-wrap;max-width:28em}.scores{color:
 .up{color:#186a1d}.down{color:#a11}img{display:block;margin-bottom:.3em}"""
 
 
+# errnos that say the -o path itself is wrong (bad input), not that the machine failed
+_PATH_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENAMETOOLONG, errno.ENOTDIR, errno.EISDIR,
+                errno.ENOENT, errno.EEXIST, errno.ENOTEMPTY}
+
+
+def _refused(out: Path, exc: OSError) -> VlmSurgeonError:
+    """An OSError on -o as one line: the path's fault is bad input, the machine's a runtime failure."""
+    why = exc.strerror or type(exc).__name__
+    if exc.errno == errno.ENAMETOOLONG:
+        return BadInput(f"-o {out}: name too long for the file system ({len(out.name.encode())} bytes, path "
+                        f"{len(str(out).encode())})", "choose a shorter name: the report is staged beside it as "
+                                                      ".NAME.XXXXXXXX, and most file systems allow 255 bytes")
+    if exc.errno in _PATH_ERRNOS:
+        return BadInput(f"-o {out}: cannot write the report in {out.parent} ({why})",
+                        "choose a folder you can write to")
+    return RuntimeFailure(f"-o {out}: cannot write the report ({why})", "check the disk and try again")
+
+
 def check_target(out: Path) -> None:
-    """Refuse, before any model is loaded, a target that exists and is not an empty folder."""
-    if out.exists() and not (out.is_dir() and not any(out.iterdir())):
-        raise BadInput(f"-o {out}: already exists", "choose a new folder, or remove it first")
-    if not out.parent.is_dir():
-        raise BadInput(f"-o {out}: parent folder {out.parent} does not exist", "create it first")
+    """Refuse, before any model is loaded, a target that exists and is not an empty folder, or
+    that cannot be written: a probe named like the staging folder is made and removed."""
+    try:
+        if out.exists() and not (out.is_dir() and not any(out.iterdir())):
+            raise BadInput(f"-o {out}: already exists", "choose a new folder, or remove it first")
+        if not out.parent.is_dir():
+            raise BadInput(f"-o {out}: parent folder {out.parent} does not exist", "create it first")
+        os.rmdir(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    except OSError as exc:
+        raise _refused(out, exc) from exc
 
 
 def write_report(result: EvalResult, out: Path) -> Path:
@@ -39,7 +64,10 @@ def write_report(result: EvalResult, out: Path) -> Path:
     out = Path(out)
     check_target(out)
     clean_leftovers(out, _LEFTOVERS)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    except OSError as exc:
+        raise _refused(out, exc) from exc
     try:
         lines = "".join(json.dumps(r.to_json(), ensure_ascii=False) + "\n" for r in result.rows)
         (staging / "predictions.jsonl").write_text(lines, encoding="utf-8")
@@ -49,6 +77,9 @@ def write_report(result: EvalResult, out: Path) -> Path:
         if out.is_dir():
             out.rmdir()  # empty (checked above): os.replace would refuse a non-empty one anyway
         publish(staging, out)
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise _refused(out, exc) from exc
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

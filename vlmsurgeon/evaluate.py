@@ -191,20 +191,21 @@ def evaluate(source: str, data: str, *, compare: str | None = None, base: str | 
     `base` is the base checkpoint of a bare adapter given as `source`."""
     import gc
 
-    from .generation import load_for_inference, source_kind
+    from .generation import check_source, load_for_inference, source_kind
 
     if limit is not None and limit < 1:
         raise BadInput(f"--limit {limit}: must be at least 1", "e.g. --limit 50")
+    # the data and both sources are checked before SOURCE spends its time generating
     rows, skipped = load_rows(data, image_root=image_root, limit=limit)
     models = [Model("model", source)] + ([Model("compare", compare)] if compare else [])
-    kinds = {"model": source_kind(source)}
+    bases = {"model": base}
+    check_source(source, base=base, trust_remote_code=trust_remote_code)
     if compare:
-        try:  # a wrong --compare is said before SOURCE spends its time generating
-            kinds["compare"] = source_kind(compare)
+        try:  # --base is for a bare adapter: SOURCE's, and --compare's when that is a bare adapter too
+            bases["compare"] = base if source_kind(compare) == "adapter" else None
+            check_source(compare, base=bases["compare"], trust_remote_code=trust_remote_code)
         except BadInput as exc:
             raise BadInput(f"--compare {exc.what}", exc.hint) from exc
-    # --base is for a bare adapter: SOURCE's, and --compare's when that is a bare adapter too
-    bases = {m.name: base if m.name == "model" or kinds[m.name] == "adapter" else None for m in models}
     for model in models:
         loaded = load_for_inference(model.source, base=bases[model.name], trust_remote_code=trust_remote_code)
         model.kind = loaded.kind

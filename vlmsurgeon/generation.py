@@ -4,6 +4,8 @@ chat template and processor, greedy by default, streaming the text as it comes."
 
 from __future__ import annotations
 
+import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,14 +92,12 @@ def _model(reference: str | Path, dtype: Any, device: str, trust_remote_code: bo
     return model.to(device)
 
 
-def _trained(source: Path, base: str | None, dtype: Any, device: str) -> tuple[Any, Any, bool]:
+def _trained(trained: Any, dtype: Any, device: str) -> tuple[Any, Any, bool]:
     """A run or adapter loaded the way it trained: the QLoRA base in 4-bit NF4, then the
     adapter and trained components (verify's loader), and the run's own processor."""
-    from .provenance import PROCESSOR_DIR, run_base
-    from .trained import load_trained
+    from .provenance import PROCESSOR_DIR
     from .verify import as_trained_quantization, with_adapter
 
-    trained = load_trained(source, base or run_base(source))
     quant = as_trained_quantization(trained, dtype)
     kwargs: dict[str, Any] = {"quantization_config": quant} if quant is not None else {}
     if quant is not None and device == "cuda":
@@ -110,16 +110,67 @@ def _trained(source: Path, base: str | None, dtype: Any, device: str) -> tuple[A
     return model, processor_dir, quant is not None
 
 
-def load_for_inference(source: str, *, base: str | None = None, trust_remote_code: bool = False) -> Loaded:
-    """SOURCE as a model ready to generate: fp32 on CPU, bf16 on GPU; runs and adapters as trained."""
+def _buildable(reference: str, trust_remote_code: bool) -> None:
+    """Refuse, from its config alone, a model transformers cannot build here: a missing hub
+    model (cache first, the hub only when online), a model type this transformers does not know."""
+    import transformers
+
+    from .sources import is_native, load_source, remote_code_hint, resolve
+
+    config = load_source(resolve(reference))
+    model_type = config.model_type
+    if not model_type:
+        raise BadInput(f"model '{reference}': its config.json has no model_type",
+                       "point at a model directory saved with save_pretrained")
+    if is_native(model_type) or (trust_remote_code and config.config.get("auto_map")):
+        return
+    if config.config.get("auto_map"):
+        raise BadInput(f"model '{reference}': model_type '{model_type}' needs code from the model repo "
+                       "(auto_map in its config.json)", remote_code_hint())
+    raise BadInput(f"model '{reference}': model_type '{model_type}' is unknown to transformers "
+                   f"{transformers.__version__}, and its config.json has no auto_map for repo code",
+                   "upgrade transformers; --trust-remote-code only helps a repo whose config.json has auto_map")
+
+
+def _fitted(source: Path, base: str | None, trust_remote_code: bool) -> Any:
+    """The run's or adapter's changes, checked against the base they will be loaded onto as merge
+    checks them: peft would skip a module the base lacks and answer as the bare base."""
+    from .inspection import meta_model
+    from .merge import check_fit
+    from .provenance import run_base
+    from .trained import load_trained
+
+    trained = load_trained(source, base or run_base(source))
+    _buildable(str(trained.base), trust_remote_code)
+    _, meta = meta_model(str(trained.base), trust_remote_code=trust_remote_code)
+    check_fit(trained, dict(meta.state_dict()))
+    return trained
+
+
+def _preflight(source: str, base: str | None, trust_remote_code: bool) -> tuple[str, Any]:
     kind = source_kind(source)
     if base is not None and kind in ("model", "export"):
         raise BadInput(f"--base {base}: '{source}' is a {'merged export' if kind == 'export' else 'model'}, "
                        "which needs no base", "drop --base, or point SOURCE at a run or adapter")
+    if kind in ("run", "adapter"):
+        return kind, _fitted(Path(source), base, trust_remote_code)
+    _buildable(source, trust_remote_code)
+    return kind, None
+
+
+def check_source(source: str, *, base: str | None = None, trust_remote_code: bool = False) -> str:
+    """SOURCE's kind, after every check that needs no weights (its base, its model type, a run's
+    or adapter's tensors against the base), so that `eval` refuses a bad one before generating."""
+    return _preflight(source, base, trust_remote_code)[0]
+
+
+def load_for_inference(source: str, *, base: str | None = None, trust_remote_code: bool = False) -> Loaded:
+    """SOURCE as a model ready to generate: fp32 on CPU, bf16 on GPU; runs and adapters as trained."""
+    kind, trained = _preflight(source, base, trust_remote_code)
     device, dtype = _device_dtype()
     quantized = False
-    if kind in ("run", "adapter"):
-        model, processor_dir, quantized = _trained(Path(source), base, dtype, device)
+    if trained is not None:
+        model, processor_dir, quantized = _trained(trained, dtype, device)
     else:
         model, processor_dir = _model(source, dtype, device, trust_remote_code), source
     return Loaded(model.eval(), _processor(processor_dir, trust_remote_code), kind, source, quantized)
@@ -134,6 +185,65 @@ def _parts(message: dict[str, Any]) -> list[dict[str, Any]]:
     return [{"type": "text", "text": content}] if isinstance(content, str) else list(content or [])
 
 
+def media_placeholders(processor: Any) -> dict[str, str]:
+    """placeholder text -> "image" | "video": LLaMA-Factory's `<image>` / `<video>`, the processor's
+    own token (Qwen's `<|image_pad|>`) and what its chat template writes for a media part (Qwen's
+    `<|vision_start|><|image_pad|><|vision_end|>`), for the kinds the processor takes."""
+    from .collate import render_chat
+
+    found: dict[str, str] = {}
+    kinds = ("image", "video") if getattr(processor, "video_processor", None) is not None else ("image",)
+    for kind in kinds:
+        marks = [f"<{kind}>", getattr(processor, f"{kind}_token", None)]
+        try:
+            text = [{"type": "text", "text": "X"}]
+            with_media = render_chat(processor, [{"role": "user", "content": [{"type": kind}, *text]}])
+            without = render_chat(processor, [{"role": "user", "content": text}])
+            marks.append(_inserted(with_media, without).strip())
+        except Exception:  # a processor without a usable chat template: its token and ours still count
+            pass
+        found.update({mark: kind for mark in marks if isinstance(mark, str) and mark})
+    return found
+
+
+def _inserted(longer: str, shorter: str) -> str:
+    """What `longer` has that `shorter` lacks, between their common start and end."""
+    start = len(os.path.commonprefix([longer, shorter]))
+    end = len(os.path.commonprefix([longer[start:][::-1], shorter[start:][::-1]]))
+    return longer[start:len(longer) - end]
+
+
+def _pattern(placeholders: dict[str, str]) -> re.Pattern[str] | None:
+    marks = sorted(placeholders, key=len, reverse=True)  # Qwen's whole sequence before its token
+    return re.compile("|".join(map(re.escape, marks))) if marks else None
+
+
+def split_placeholders(text: str, placeholders: dict[str, str]) -> list[dict[str, Any]]:
+    """`text` as Sample parts: each typed placeholder a media part, the rest text."""
+    pattern, parts, at = _pattern(placeholders), [], 0
+    for match in pattern.finditer(text) if pattern else ():
+        if match.start() > at:
+            parts.append({"type": "text", "text": text[at:match.start()]})
+        parts.append({"type": placeholders[match.group()]})
+        at = match.end()
+    if at < len(text):
+        parts.append({"type": "text", "text": text[at:]})
+    return parts
+
+
+def _placed(messages: list[dict[str, Any]], placeholders: dict[str, str]) -> list[dict[str, Any]]:
+    """The user turns with their typed placeholders as media parts, so that they are counted
+    (the processor would expand its own token, or take `<image>` as words, unchecked)."""
+    out = []
+    for message in messages:
+        parts = _parts(message)
+        if message.get("role") == "user":
+            parts = [q for p in parts for q in (split_placeholders(p.get("text", ""), placeholders)
+                                                if p.get("type") == "text" else [p])]
+        out.append({**message, "content": parts})
+    return out
+
+
 def _check(loaded: Loaded, messages: list[dict[str, Any]], images: list[Any], videos: list[Any]) -> None:
     if not messages or messages[-1].get("role") != "user":
         raise BadInput("the last turn must be the user's", "end the conversation with a user message")
@@ -141,35 +251,50 @@ def _check(loaded: Loaded, messages: list[dict[str, Any]], images: list[Any], vi
         placeholders = _media_count(messages, kind)
         if placeholders != len(given):
             raise BadInput(f"{placeholders} {kind} placeholder(s) but {len(given)} {kind}(s)",
-                           f"give one {kind} per {{\"type\": \"{kind}\"}} part")
+                           f"give one {kind} per {{\"type\": \"{kind}\"}} part or placeholder typed in the text")
     if videos and getattr(loaded.processor, "video_processor", None) is None:
         raise BadInput(f"'{loaded.source}' takes no video (its processor, {type(loaded.processor).__name__}, "
                        "has no video processor)", "pass images instead, or use a video model")
 
 
 def read_image(ref: Any) -> Any:
-    """An RGB PIL image from a path, bytes or an image; BadInput naming a missing or unreadable one."""
-    from .media import open_image
+    """An RGB PIL image from a path, bytes, base64 or an image, through the media check that data
+    check uses (media.check_media): BadInput with its line for a missing or unusable one."""
+    from .media import MediaError, check_media, open_image
 
-    if isinstance(ref, (str, Path)) and not Path(ref).is_file():
-        raise BadInput(f"image not found: {ref}", "check the path")
     try:
-        return open_image(ref)
-    except Exception as exc:  # PIL's UnidentifiedImageError, OSError on a damaged file
+        return open_image(check_media(ref, "image"))
+    except MediaError as exc:
+        raise BadInput(str(exc), "check the path, or pass a PNG, JPEG or other image PIL reads") from None
+    except Exception as exc:  # checked, yet the full decode failed (a truncated file)
         raise BadInput(f"cannot open image {ref if isinstance(ref, (str, Path)) else 'data'} "
                        f"({type(exc).__name__})", "pass a PNG, JPEG or other image PIL reads") from exc
 
 
-def _video(ref: Any) -> Any:
+def read_video(ref: Any) -> Any:
+    """A video reference checked as data check checks one (media.check_media), resolved; frames
+    already decoded (an array, a list of images) as they are."""
+    from .media import MediaError, check_media
+
+    if not isinstance(ref, (str, Path, bytes, bytearray, dict)):
+        return ref  # already frames
+    try:
+        return check_media(ref, "video")
+    except MediaError as exc:
+        raise BadInput(str(exc), "check the path, or pass a video PyAV decodes (mp4, webm, …)") from None
+
+
+def _video(ref: Any, collator: Any) -> Any:
+    """Frames sampled as finetune samples them: the collator's fps, frame cap and pixel budget
+    (collate.VIDEO_FPS, VIDEO_MAX_FRAMES, VIDEO_FRAME_PIXELS by default), never every frame."""
     from .media import load_video
 
-    if not isinstance(ref, (str, Path, bytes)):
-        return ref  # already frames
-    if isinstance(ref, (str, Path)) and not Path(ref).is_file():
-        raise BadInput(f"video not found: {ref}", "check the path")
+    resolved = read_video(ref)
+    if not isinstance(resolved, (Path, bytes)):
+        return resolved  # already frames
     try:
-        return load_video(ref, None, None)
-    except Exception as exc:  # MediaError, or PyAV's own on a file that is no video
+        return load_video(resolved, collator.video_frames, collator.video_fps, collator.frame_pixels)
+    except Exception as exc:  # MediaError, or PyAV's own on a stream that fails past its header
         raise BadInput(f"cannot open video {ref if not isinstance(ref, bytes) else 'data'} "
                        f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})",
                        "pass a video PyAV decodes (mp4, webm, …)") from exc
@@ -183,8 +308,8 @@ def _inputs(loaded: Loaded, messages: list[dict[str, Any]], images: list[Any], v
     clean = [{"role": m["role"], "content": _parts(m)} for m in messages]
     text = render_chat(loaded.processor, clean, generation_prompt=True)
     try:
-        batch = Collator(loaded.processor, 1 << 30).encode(text, [read_image(i) for i in images],
-                                                           [_video(v) for v in videos])
+        collator = Collator(loaded.processor, 1 << 30)
+        batch = collator.encode(text, [read_image(i) for i in images], [_video(v, collator) for v in videos])
     except (ValueError, TypeError) as exc:  # placeholder/feature mismatches the processor finds
         raise BadInput(f"the processor refused the input ({str(exc).splitlines()[0][:200]})",
                        "check the images and videos against the placeholders") from exc
@@ -232,6 +357,7 @@ def answer(loaded: Loaded, messages: list[dict[str, Any]], images: list[Any] = (
         raise BadInput(f"max_new_tokens {max_new_tokens}: must be at least 1", "e.g. --max-new-tokens 64")
     if temperature < 0:
         raise BadInput(f"temperature {temperature}: must not be negative", "0 for greedy decoding")
+    messages = _placed(messages, media_placeholders(loaded.processor))
     _check(loaded, messages, images, videos)
     inputs = _inputs(loaded, messages, images, videos)
     tokenizer = getattr(loaded.processor, "tokenizer", loaded.processor)
@@ -258,6 +384,25 @@ def user_turn(text: str, images: int = 0, videos: int = 0) -> dict[str, Any]:
     return {"role": "user", "content": [dict(p) for p in parts]}
 
 
+def prompt_turn(loaded: Loaded, text: str, images: int = 0, videos: int = 0) -> dict[str, Any]:
+    """The user turn of a typed prompt. Placeholders typed in it (`<image>`, or the model's own,
+    see media_placeholders) mark where the media go, as in LLaMA-Factory's data, and must match
+    the media given one for one; a prompt without any gets its media before the text."""
+    placeholders = media_placeholders(loaded.processor)
+    parts = split_placeholders(text, placeholders)
+    pattern = _pattern(placeholders)
+    typed = list(dict.fromkeys(pattern.findall(text))) if pattern else []
+    lead = []
+    for kind, given in (("image", images), ("video", videos)):
+        count = sum(p["type"] == kind for p in parts)
+        if count and count != given:
+            names = ", ".join(t for t in typed if placeholders[t] == kind)
+            raise BadInput(f"the prompt has {count} {kind} placeholder(s) ({names}) but {given} {kind}(s) given",
+                           f"one {kind} per placeholder, or no placeholder to put the {kind}(s) before the text")
+        lead += [{"type": kind}] * (0 if count else given)
+    return {"role": "user", "content": [*lead, *parts]}
+
+
 @dataclass
 class Chat:
     """A conversation kept as messages and media; every turn re-renders the whole history
@@ -277,7 +422,7 @@ class Chat:
         self.messages, self.images, self.pending = [], [], []
 
     def ask(self, text: str, on_text: Callable[[str], None] | None = None) -> Answer:
-        messages = [*self.messages, user_turn(text, len(self.pending))]
+        messages = [*self.messages, prompt_turn(self.loaded, text, len(self.pending))]
         images = [*self.images, *self.pending]
         reply = answer(self.loaded, messages, images, max_new_tokens=self.max_new_tokens,
                        temperature=self.temperature, on_text=on_text)

@@ -48,13 +48,29 @@ def _looks_base64(text: str) -> bool:
     return head.startswith(_MAGIC)
 
 
+def _inline_bytes(value: Any, kind: str) -> bytes:
+    """The `bytes` of a `{"bytes": …}` object: bytes as they are, base64 text (what a JSON export of
+    a `datasets` Image column holds) decoded; anything else is a bad row, never a crash."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    if isinstance(value, list) and all(isinstance(b, int) and 0 <= b < 256 for b in value):
+        return bytes(value)  # bytes written out as a JSON list of numbers
+    if isinstance(value, str):
+        text = _DATA_URI.sub("", value.strip())
+        try:
+            return base64.b64decode(re.sub(r"\s+", "", text), validate=True)
+        except (binascii.Error, ValueError):
+            raise MediaError(f"{kind} 'bytes' is text that is not base64 ({value[:40]})") from None
+    raise MediaError(f"{kind} 'bytes' must be bytes or base64 text, not {type(value).__name__}")
+
+
 def resolve(ref: Any, base: Path, root: Path | None, kind: str) -> Any:
     """A reference as something `open_image` / the video loader takes: a Path, bytes or an image."""
     if hasattr(ref, "convert"):  # a decoded PIL image
         return ref
     if isinstance(ref, dict):
         if ref.get("bytes") is not None:
-            return resolve(bytes(ref["bytes"]), base, root, kind)
+            return _inline_bytes(ref["bytes"], kind)
         if ref.get("path"):
             return resolve(ref["path"], base, root, kind)
         raise MediaError(f"{kind} object without 'path' or 'bytes' (keys: {', '.join(map(str, ref))})")
@@ -70,12 +86,30 @@ def resolve(ref: Any, base: Path, root: Path | None, kind: str) -> Any:
     if _DATA_URI.match(ref) or _looks_base64(ref):
         return _decode_base64(ref)
     path = Path(ref).expanduser()
-    if not path.is_absolute():
+    relative = not path.is_absolute()
+    if relative:
         path = (root or base) / path
     if not path.is_file():
-        where = f" under --image-root {root}" if root else f" (relative to {base})"
+        where = "" if not relative else f" under --image-root {root}" if root else f" (relative to {base})"
         raise MediaError(f"{kind} not found: {ref}{where}")
     return path
+
+
+def check_media(ref: Any, kind: str, base: Path | None = None, root: Path | None = None) -> Any:
+    """The one media check every command shares (finetune's pre-pass, data check, eval, generate):
+    resolve a reference (relative paths start at `root`, else `base`, else the working directory)
+    and open it far enough to know it decodes. Returns the resolved reference; MediaError, with
+    what is wrong in one line, for anything unusable."""
+    if kind not in ("image", "video"):
+        raise ValueError(f"kind must be 'image' or 'video', not {kind!r}")
+    try:
+        resolved = resolve(ref, base or Path.cwd(), root, kind)
+        (check_image if kind == "image" else check_video)(resolved)
+    except MediaError:
+        raise
+    except Exception as exc:  # whatever a malformed reference raises on the way is still a bad reference
+        raise MediaError(f"unusable {kind} reference ({type(exc).__name__}: {str(exc)[:120]})") from None
+    return resolved
 
 
 def open_image(ref: Any) -> Any:
@@ -129,8 +163,9 @@ def check_video(ref: Any) -> int:
         raise MediaError(f"cannot open video {name} ({type(exc).__name__})") from None
 
 
-def load_video(ref: Any, max_frames: int | None, fps: float | None) -> Any:
-    """Frames as a (T, H, W, 3) uint8 array, sampled evenly (at most `max_frames`, or `fps`)."""
+def load_video(ref: Any, max_frames: int | None, fps: float | None, max_pixels: int | None = None) -> Any:
+    """Frames as a (T, H, W, 3) uint8 array, sampled evenly (at `fps`, at most `max_frames`), each
+    scaled down to at most `max_pixels` pixels, keeping its aspect (LLaMA-Factory's frame budget)."""
     import av
     import numpy as np
 
@@ -148,4 +183,16 @@ def load_video(ref: Any, max_frames: int | None, fps: float | None) -> Any:
         keep = min(keep, max_frames)
     keep = max(2, keep) if len(frames) >= 2 else 1  # temporal patches need pairs on Qwen
     index = np.linspace(0, len(frames) - 1, keep).round().astype(int)
-    return np.stack([frames[i] for i in index])
+    return np.stack([_fit_pixels(frames[i], max_pixels) for i in index])
+
+
+def _fit_pixels(frame: Any, max_pixels: int | None) -> Any:
+    import numpy as np
+    from PIL import Image
+
+    height, width = frame.shape[:2]
+    if not max_pixels or height * width <= max_pixels:
+        return frame
+    factor = (max_pixels / (height * width)) ** 0.5
+    size = (max(1, int(width * factor)), max(1, int(height * factor)))
+    return np.asarray(Image.fromarray(frame).resize(size, Image.Resampling.BICUBIC))

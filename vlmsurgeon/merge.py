@@ -60,9 +60,10 @@ class MergePlan:
 
 
 def merged_tensors(trained: Trained, order: list[tuple[Path, str]], plan: MergePlan,
-                   keys: dict[str, str], component: Any) -> Iterator[tuple[str, Any]]:
+                   keys: dict[str, str], component: Any, four_bit: set[str] | None = None) -> Iterator[tuple[str, Any]]:
     """(on-disk name, merged tensor) for every base tensor, in `order`, one input file open at
-    a time and one tensor in hand."""
+    a time and one tensor in hand. `four_bit`: the modules training held in 4-bit (all LoRA
+    modules of the quantized components when not given)."""
     import torch
 
     out_dtype = getattr(torch, DTYPES[plan.dtype])
@@ -79,7 +80,8 @@ def merged_tensors(trained: Trained, order: list[tuple[Path, str]], plan: MergeP
                 if allowed and name.endswith(".weight") and module in trained.lora:
                     a, b, scale = trained.lora[module]
                     weight = tensor.float()
-                    if plan.target == "dequantized" and comp in trained.quantized_components:
+                    held = module in four_bit if four_bit is not None else comp in trained.quantized_components
+                    if plan.target == "dequantized" and held:
                         weight = nf4_roundtrip(tensor, compute)
                     tensor = weight + scale * (b.float() @ a.float())  # fp32, rounded once below
                 elif allowed and name in trained.full:
@@ -182,8 +184,10 @@ def merge(source: Path, out: Path, *, base: str | None = None, plan: MergePlan =
                        "merging into converted (fused) tensors is not supported")
     staging = stage(out, (source, trained.base))
     try:
+        from .fourbit import four_bit_modules
+
         tensors = merged_tensors(trained, [(p, k) for p, k, _, _ in located], plan, keys,
-                                 lambda n: _owner(n, component_of))
+                                 lambda n: _owner(n, component_of), four_bit_modules(trained, model))
         weight_map = write_shards(tensors, shard_plan(layout, plan.dtype, plan.max_shard_bytes), staging)
         copy_side_files(trained, staging, plan.dtype)
         summary = _provenance(trained, plan, staging, weight_map, counts)

@@ -144,8 +144,21 @@ def print_inspect(result: Breakdown, depth: int, console: Console | None = None)
     console.print(Text("\n").join(tree_lines(result.tree, depth, console.width)))
     console.print(breakdown_table(result))
     console.print(roots_table(result))
+    line = buffers_line(result)
+    if line:
+        console.print(escape(line))
     for note in result.notes:
         console.print(f"note: {escape(note)}")
+
+
+def buffers_line(result: Breakdown) -> str | None:
+    """Persistent buffers, when there are any: the checkpoint stores them beside the parameters,
+    so the figure to compare with a published count is the total plus these."""
+    if not result.buffers:
+        return None
+    where = ", ".join(f"{c} {n:,}" for c, n in result.buffer_components.items())
+    return (f"persistent buffers: {result.buffers:,} ({where}), stored in the checkpoint beside the "
+            f"parameters: {result.stored_values:,} values in all")
 
 
 def _names(names: list[str], shown: int = 3) -> str:

@@ -92,8 +92,24 @@ class Breakdown:
     prequantized: bool = False
     notes: list[str] = field(default_factory=list)
     checkpoint: Any = None  # a checkpoint.CheckpointCheck, set by `inspect`
+    # Values of persistent buffers (stored beside the parameters, not counted in total_params);
+    # None when the figures come from safetensors headers, where every stored tensor is counted.
+    buffers: int | None = 0
+    buffer_components: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def stored_values(self) -> int:
+        """What the checkpoint's tensors hold in all: the figure a hub page publishes."""
+        return self.total_params + (self.buffers or 0)
+
+    def buffers_json(self) -> dict[str, Any] | None:
+        if self.buffers is None:
+            return None
+        return {"total": self.buffers, "components": dict(self.buffer_components)}
 
     def to_json(self) -> dict[str, Any]:
+        """DESIGN §4's object, plus `buffers` ({"total", "components"}; null in header mode) and
+        `notes`: total_params + buffers.total is what the checkpoint's tensors hold."""
         comps: dict[str, Any] = {}
         for name, fig in self.components.items():
             entry: dict[str, Any] = {"params": fig.params}
@@ -107,6 +123,7 @@ class Breakdown:
         data = {
             "model": self.model, "model_type": self.model_type, "source": self.source,
             "total_params": self.total_params, "components": comps, "other": self.other,
+            "buffers": self.buffers_json(), "notes": list(self.notes),
         }
         if self.checkpoint is not None:
             data["checkpoint_check"] = self.checkpoint.to_json()
@@ -143,5 +160,20 @@ def breakdown(root: Node, *, model: str, model_type: str, source: str,
             fig.embeddings += param.numel if param.kind == "embedding" else 0
             fig.linear += param.numel if param.kind == "linear" else 0
     kept = {c: f for c, f in figures.items() if c in COMPONENTS or f.params or f.roots}
-    return Breakdown(model, model_type, source, root, kept, other, other_names, total,
-                     prequantized=prequantized, notes=list(notes or []))
+    result = Breakdown(model, model_type, source, root, kept, other, other_names, total,
+                       prequantized=prequantized, notes=list(notes or []))
+    result.buffer_components = buffer_figures(root)
+    result.buffers = sum(result.buffer_components.values())
+    return result
+
+
+def buffer_figures(root: Node) -> dict[str, int]:
+    """Persistent-buffer values by component (a shared buffer once), in component order."""
+    figures: dict[str, int] = {}
+    for node in root.walk():
+        for buf in node.buffers:
+            if buf.counted:
+                comp = param_component(node, buf.name)
+                figures[comp] = figures.get(comp, 0) + buf.counted
+    order = [*ALL_COMPONENTS, "other"]
+    return {c: figures[c] for c in sorted(figures, key=lambda c: order.index(c) if c in order else 99)}

@@ -113,6 +113,18 @@ def check_resume(run_dir: Path, inputs: dict[str, Any], allowed: set[str], step:
     return [*record.get("resumed", []), {"step": step, "changed": changed}]
 
 
+def check_steps(run_dir: Path, checkpoint: Path, steps: int | None) -> None:
+    """Exit 2 when `--steps` asks for no more steps than the checkpoint has done: Trainer would
+    train one more step past the end (at learning rate 0) and write the run's outputs again.
+    Without --steps the run is as long as its epochs make it."""
+    done = int(checkpoint.name.split("-")[-1])
+    if steps is None or steps > done:
+        return
+    left = "; nothing left to train" if steps == done else ""
+    raise BadInput(f"--steps {steps}: run '{run_dir}' has already done {done} steps ({checkpoint.name}){left}",
+                   f"pass --steps above {done} to train it on, or another -o to start a new run")
+
+
 def write_inputs(run_dir: Path, inputs: dict[str, Any], resumed: list[dict[str, Any]]) -> None:
     """RUN/run.json, atomically (a temporary file beside it, renamed), under the user's umask."""
     record = {"vlmsurgeon": __version__, "inputs": inputs, "resumed": resumed}

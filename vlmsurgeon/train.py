@@ -62,27 +62,52 @@ def checked_rows(data: Dataset, collator: Any, opts: RunOptions, run_dir: Path |
     return report, usable
 
 
-def load_processor(reference: str, opts: RunOptions) -> tuple[Any, dict[str, Any]]:
+def load_processor(reference: str, opts: RunOptions, trust_remote_code: bool = False) -> tuple[Any, dict[str, Any]]:
+    """The model's processor with the run's pixel settings. Repo code runs only when trusted: left
+    unset, transformers would ask on the terminal (and run it on a "y" from stdin)."""
     from transformers import AutoProcessor
 
     from .datacheck import apply_overrides, processor_overrides
+    from .sources import remote_code_hint
 
     try:
-        processor = AutoProcessor.from_pretrained(reference)
+        processor = AutoProcessor.from_pretrained(reference, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, TypeError) as exc:  # no processor files, or an unknown processor class
-        first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-        raise BadInput(f"model '{reference}': cannot load its processor ({first})",
-                       "point at a model directory that holds its processor and tokenizer files") from exc
+        if "trust_remote_code" in str(exc) or (not trust_remote_code and _repo_code(reference)):
+            raise BadInput(f"model '{reference}': its processor needs code from the model repo",
+                           remote_code_hint()) from exc
+        raise _no_processor(reference, exc) from exc
     video = getattr(processor, "video_processor", None)
     if video is not None and getattr(video, "cap_pixels_per_frame", False) is None:
         video.cap_pixels_per_frame = True  # the reference (qwen-vl-utils) budget, future default
     return processor, apply_overrides(processor, processor_overrides(opts))
 
 
+def _repo_code(reference: str) -> bool:
+    """Whether the model's own files map a class to code in the repo (`auto_map`)."""
+    import json
+
+    folder = Path(reference)
+    for name in ("config.json", "processor_config.json", "preprocessor_config.json", "tokenizer_config.json"):
+        try:
+            if isinstance(json.loads((folder / name).read_text()).get("auto_map"), dict):
+                return True
+        except (OSError, ValueError, AttributeError):
+            continue
+    return False
+
+
+def _no_processor(reference: str, exc: Exception) -> BadInput:
+    first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+    return BadInput(f"model '{reference}': cannot load its processor ({first})",
+                    "point at a model directory that holds its processor and tokenizer files")
+
+
 def make_collator(processor: Any, opts: RunOptions) -> Any:
     from .collate import Collator
 
-    return Collator(processor, opts.seq_len, video_frames=opts.video_frames, video_fps=opts.video_fps)
+    return Collator(processor, opts.seq_len, video_frames=opts.video_frames, video_fps=opts.video_fps,
+                    max_pixels=opts.max_pixels)
 
 
 def _check_run_dir(run_dir: Path, resume: bool) -> Path | None:
@@ -138,8 +163,11 @@ def load_for_training(reference: str, opts: RunOptions, preset: Any, tree: Any, 
             # single dtype: the packed 4-bit weights are then stored in the compute dtype
             bnb_4bit_quant_storage=dtype if sharded_engine() else torch.uint8,
             llm_int8_skip_modules=[re.escape(p) for p in keep] or None)
+    from .fourbit import training_numerics
+
     try:
-        return AutoModelForImageTextToText.from_pretrained(reference, **kwargs)
+        return training_numerics(AutoModelForImageTextToText.from_pretrained(reference, trust_remote_code=False,
+                                                                             **kwargs))
     except (OSError, ValueError) as exc:
         raise BadInput(f"model '{reference}': cannot load weights ({str(exc).splitlines()[0][:200]})",
                        "point at a local directory with the model's safetensors") from exc
@@ -209,7 +237,7 @@ def _prepare(opts: RunOptions, reference: str, run_dir: Path, resume: bool, allo
              trust_remote_code: bool) -> _Run:
     """Everything that can be refused before a weight loads: data, preset, resume inputs and
     checkpoint files, every row through the processor; then RUN/run.json."""
-    from .resume import check_checkpoint, check_resume, run_inputs, write_inputs
+    from .resume import check_checkpoint, check_resume, check_steps, run_inputs, write_inputs
 
     from .telemetry import check_reporting
 
@@ -217,13 +245,15 @@ def _prepare(opts: RunOptions, reference: str, run_dir: Path, resume: bool, allo
     data = _rows(opts.require("data", "--data DATA"), opts, "data")
     eval_data = _rows(opts.eval_data, opts, "eval data") if opts.eval_data else None
     checkpoint = _check_run_dir(run_dir, resume)
+    if checkpoint is not None:
+        check_steps(run_dir, checkpoint, opts.steps)
     source, tree, preset, opts = _model_plan(reference, opts, trust_remote_code)
     inputs = run_inputs(opts, source, preset, data, _dtype_name(opts))
     resumed: list[dict[str, Any]] = []
     if checkpoint is not None:
         resumed = check_resume(run_dir, inputs, allowed, int(checkpoint.name.split("-")[-1]))
         check_checkpoint(checkpoint)
-    processor, pixels = load_processor(reference, opts)
+    processor, pixels = load_processor(reference, opts, trust_remote_code)
     collator = make_collator(processor, opts)
     report, rows = checked_rows(data, collator, opts, run_dir, "data")
     eval_rows = checked_rows(eval_data, collator, opts, run_dir, "eval data")[1] if eval_data else None

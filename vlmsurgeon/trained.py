@@ -172,3 +172,30 @@ def key_map(base: Path, disk_keys: list[str]) -> tuple[dict[str, str], dict[str,
     meta = dict(model.state_dict())
     mapping = {k: rename_source_key(k, renamings, converters, model.base_model_prefix, meta)[0] for k in disk_keys}
     return mapping, meta, model
+
+
+def exact_adapter_state(model: Any, path: Path, adapter: str = "default") -> int:
+    """Copy every tensor of a peft adapter file into a PeftModel by exact name (LoRA pairs and
+    modules_to_save copies). peft converts saved keys with transformers' renamings and skips the
+    ones that come out wrong without a word (Mistral Large 3's `shared_experts` became
+    `mlp.mlp.shared_experts`: its LoRA stayed at its initial values). Returns the count copied."""
+    import torch
+
+    params = dict(model.named_parameters())
+    copied = 0
+    for key, value in load_tensors(path).items():
+        parts = key.split(".")
+        saved = [".".join([*parts[:i], "modules_to_save", adapter, *parts[i:]]) for i in range(len(parts) - 1, 0, -1)]
+        places = [key.replace(".lora_A.", f".lora_A.{adapter}.").replace(".lora_B.", f".lora_B.{adapter}."),
+                  *saved, key]
+        place = next((p for p in places if p in params), None)
+        if place is None:
+            raise BadInput(f"{path}: tensor {key} has no place in the model",
+                           "pass the base this adapter was trained on")
+        if tuple(params[place].shape) != tuple(value.shape):
+            raise BadInput(f"{path}: tensor {key} {tuple(value.shape)} does not fit the model "
+                           f"({tuple(params[place].shape)})", "pass the base this adapter was trained on")
+        with torch.no_grad():
+            params[place].copy_(value)
+        copied += 1
+    return copied

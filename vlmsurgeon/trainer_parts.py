@@ -101,6 +101,11 @@ class ComponentTrainer(Trainer):
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
         with reading_checkpoint(resume_from_checkpoint):
             super()._load_from_checkpoint(resume_from_checkpoint, model)
+            adapter = Path(resume_from_checkpoint) / "adapter_model.safetensors"
+            if adapter.is_file():  # peft's loader may skip keys it renames wrongly: by exact name
+                from .trained import exact_adapter_state
+
+                exact_adapter_state(model or self.model, adapter)
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
         with reading_checkpoint(checkpoint):

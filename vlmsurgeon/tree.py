@@ -36,7 +36,8 @@ class Param:
 
 @dataclass
 class Node:
-    """A module: its attribute path, class name, own parameters and children."""
+    """A module: its attribute path, class name, own parameters and children. `buffers` are its
+    persistent buffers (stored in the checkpoint beside the parameters, never counted as them)."""
 
     path: str
     cls: str
@@ -44,6 +45,7 @@ class Node:
     children: list["Node"] = field(default_factory=list)
     component: str | None = None
     total: int = 0
+    buffers: list[Param] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -113,7 +115,26 @@ def from_module(model: Any) -> Node:
             else:
                 first_seen[id(p)] = full
             node.params.append(param)
+        node.buffers = _persistent_buffers(module, path, first_seen)
     return finish(nodes[""])
+
+
+def _persistent_buffers(module: Any, path: str, first_seen: dict[int, str]) -> list[Param]:
+    """The buffers `state_dict()` holds (registered persistent): the checkpoint stores them, so a
+    published count includes them. Non-persistent ones (rotary `inv_freq`) are never stored."""
+    found = []
+    for name, buf in module._buffers.items():
+        if buf is None or name in module._non_persistent_buffers_set:
+            continue
+        full = f"{path}.{name}" if path else name
+        param = Param(full, tuple(int(s) for s in buf.shape), str(buf.dtype).replace("torch.", ""),
+                      buf.numel(), trainable=False)
+        if id(buf) in first_seen:
+            param.tied_to = first_seen[id(buf)]
+        else:
+            first_seen[id(buf)] = full
+        found.append(param)
+    return found
 
 
 def _guess_class(name: str, params: dict[str, tuple[tuple[int, ...], str]]) -> str:
