@@ -68,3 +68,17 @@ def save_config(model_type: str, directory: Path, **overrides) -> Path:
     config = AutoConfig.for_model(model_type, **overrides)
     config.save_pretrained(directory)
     return directory
+
+
+def unknown_model(directory: Path, model_type: str, auto_map: bool, config: dict | None = None) -> Path:
+    """A model folder whose config.json names a model type transformers does not know, with or
+    without an auto_map pointing at repo code (that is never written)."""
+    import json
+
+    config = {**(config or {}), "model_type": model_type}
+    if auto_map:
+        config["auto_map"] = {"AutoConfig": "configuration_x.XConfig",
+                              "AutoModelForImageTextToText": "modeling_x.XForConditionalGeneration"}
+    directory.mkdir(parents=True)
+    (directory / "config.json").write_text(json.dumps(config))
+    return directory

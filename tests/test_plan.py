@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, unknown_model
 from vlmsurgeon.freeze import apply_preset
 from vlmsurgeon.plan import plan_model
 from vlmsurgeon.preset import load_preset
@@ -84,13 +84,7 @@ def test_config_file_supplies_options_and_flags_override(tmp_path, cli, tiny_mod
 def test_an_unknown_model_type_offers_remote_code_only_when_the_config_has_auto_map(tmp_path, cli, auto_map):
     """Repo code can build a model only through the auto_map of its config.json: without one the
     hint is to upgrade transformers or check model_type, in plan and in budget check alike."""
-    config = {"model_type": "not_a_model"}
-    if auto_map:
-        config["auto_map"] = {"AutoConfig": "configuration_x.XConfig",
-                              "AutoModelForImageTextToText": "modeling_x.XForConditionalGeneration"}
-    model = tmp_path / "model"
-    model.mkdir()
-    (model / "config.json").write_text(json.dumps(config))
+    model = unknown_model(tmp_path / "model", "not_a_model", auto_map)
     budget = tmp_path / "budget.yaml"
     budget.write_text(f"models:\n  - name: x\n    model: {model}\n    freeze: vision\n    limits:\n      total: 1B\n")
     for args, setting in ((("plan", model, "--freeze", "vision"), "pass --trust-remote-code"),

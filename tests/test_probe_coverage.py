@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # also run as a script: python tests/test_probe_coverage.py FAMILY…
 
 from tests.test_inspect_architectures import NO_VISION, UNBUILDABLE, _architectures  # noqa: E402
+from vlmsurgeon.support import upstream_breakage  # noqa: E402
 
 # Dead trainable parameters the probe finds in default configs with everything trainable:
 # LLaVA-1.5's feature layer -2 leaves the last CLIP layer and the post-layernorm without a gradient.
@@ -80,6 +81,10 @@ def test_probe_coverage_of_the_families_inspect_covers(capsys):
     covered = {m: r["dead"] for m, r in results.items() if r["status"] == "ok"}
     failed = {m: r["status"] for m, r in results.items() if r["status"] != "ok"}
     for model_type, dead in EXPECTED_DEAD.items():
+        broken = upstream_breakage(model_type)  # the installed transformers breaks its forward
+        if broken is not None:
+            assert failed[model_type] == f"probe: cannot probe {model_type}: {broken[0]}"
+            continue
         assert covered[model_type] == dead, model_type
     slowest = sorted(results.values(), key=lambda r: -r["seconds"])[:3]
     total = sum(r["seconds"] for r in results.values())
@@ -97,7 +102,8 @@ def test_probe_coverage_of_the_families_inspect_covers(capsys):
             print(f"  {model_type}: {failed[model_type]}")
     for model_type, reason in failed.items():
         assert reason.startswith("probe:"), (model_type, reason)  # one clear line, no crash
-    assert len(covered) >= MIN_COVERED
+    upstream = [m for m in families if upstream_breakage(m) is not None]  # llama4 on transformers 5.24
+    assert len(covered) + len(upstream) >= MIN_COVERED
 
 
 def _probe(model_type: str, directory: Path) -> tuple[str, list[str]]:

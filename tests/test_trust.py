@@ -161,3 +161,20 @@ def test_budget_junit_path_is_checked_before_the_check_runs(tiny_models, tmp_pat
         code, out, err = cli("budget", "check", budget, "--junit", junit)
         assert (code, out) == (2, "")  # no table before the refusal
         assert err.startswith(f"vlmsurgeon: error: --junit {junit}: {why} (try: ") and err.count("\n") == 1
+
+
+def test_a_family_the_installed_transformers_breaks_is_refused_up_front(tmp_path, shapes, cli):
+    """transformers 5.24's Llama 4 forward reads `image_outputs` from an output that has none:
+    finetune and plan say so before any weight loads, naming the release that works."""
+    from importlib.metadata import version
+
+    from tests.conftest import save_config
+
+    model = save_config("llama4", tmp_path / "llama4")
+    code, out, err = cli("finetune", model, "--data", shapes, "--freeze", "vision", "-o", tmp_path / "run")
+    if not version("transformers").startswith("5.24."):  # another release: its own word, not this one
+        assert "image_outputs" not in err
+        return
+    assert code == 2 and not (tmp_path / "run").exists()
+    assert "reads `image_outputs` from its language model's output" in err and err.count("\n") == 1
+    assert "(try: pip install 'transformers==5.23.*'" in err

@@ -113,9 +113,8 @@ def _trained(trained: Any, dtype: Any, device: str) -> tuple[Any, Any, bool]:
 def _buildable(reference: str, trust_remote_code: bool) -> None:
     """Refuse, from its config alone, a model transformers cannot build here: a missing hub
     model (cache first, the hub only when online), a model type this transformers does not know."""
-    import transformers
-
-    from .sources import is_native, load_source, remote_code_hint, resolve
+    from .inspection import unbuildable
+    from .sources import is_native, load_source, resolve
 
     config = load_source(resolve(reference))
     model_type = config.model_type
@@ -124,12 +123,7 @@ def _buildable(reference: str, trust_remote_code: bool) -> None:
                        "point at a model directory saved with save_pretrained")
     if is_native(model_type) or (trust_remote_code and config.config.get("auto_map")):
         return
-    if config.config.get("auto_map"):
-        raise BadInput(f"model '{reference}': model_type '{model_type}' needs code from the model repo "
-                       "(auto_map in its config.json)", remote_code_hint())
-    raise BadInput(f"model '{reference}': model_type '{model_type}' is unknown to transformers "
-                   f"{transformers.__version__}, and its config.json has no auto_map for repo code",
-                   "upgrade transformers; --trust-remote-code only helps a repo whose config.json has auto_map")
+    raise unbuildable(reference, model_type, bool(config.config.get("auto_map")))
 
 
 def _fitted(source: Path, base: str | None, trust_remote_code: bool) -> Any:

@@ -54,12 +54,12 @@ def meta_model(reference: str, *, trust_remote_code: bool = False,
         raise BadInput(f"model '{reference}': config has no model_type",
                        "point at a model's config.json")
     if not is_native(model_type) and not (trust_remote_code and source.config.get("auto_map")):
-        raise _unbuildable(reference, model_type, bool(source.config.get("auto_map")))
+        raise unbuildable(reference, model_type, bool(source.config.get("auto_map")))
     config = config_object(source, trust_remote_code)
     return source, build_on_meta(source, config, trust_remote_code)
 
 
-def _unbuildable(reference: str, model_type: str, auto_map: bool) -> BadInput:
+def unbuildable(reference: str, model_type: str, auto_map: bool) -> BadInput:
     """Why transformers cannot build a model type it does not know: repo code only helps a
     config.json whose auto_map names it; without one, no setting here can."""
     if auto_map:

@@ -147,7 +147,11 @@ def probe_model(source: Any, full: Any, preset: Any, *, trust_remote_code: bool 
     from .freeze import apply_preset
     from .replica import check_names, narrow_config, synthetic_batch, unzero
     from .sources import build_on_meta
+    from .support import upstream_breakage
 
+    broken = upstream_breakage(source.model_type)
+    if broken is not None:
+        raise BadInput(f"probe: cannot probe {source.model_type}: {broken[0]}", broken[1])
     start = time.perf_counter()
     try:
         narrow = narrow_config(full.config)

@@ -49,15 +49,15 @@ def percent(part: float, whole: float) -> str:
     return f"{sign}{text}%"
 
 
-def subtree_components(node: Node) -> dict[str, int]:
-    """Parameters under `node` by component, counted as the breakdown counts them (tied
-    duplicates once), so a tree line and the table agree."""
+def subtree_components(node: Node, kind: str = "params") -> dict[str, int]:
+    """Parameters (or persistent buffers) under `node` by component, counted as the breakdown
+    counts them (tied or shared ones once), so a tree line and the table agree."""
     figures: dict[str, int] = {}
     for sub in node.walk():
-        for param in sub.params:
-            if param.counted:
-                comp = param_component(sub, param.name)
-                figures[comp] = figures.get(comp, 0) + param.counted
+        for tensor in getattr(sub, kind):
+            if tensor.counted:
+                comp = param_component(sub, tensor.name)
+                figures[comp] = figures.get(comp, 0) + tensor.counted
     return figures
 
 
@@ -169,11 +169,6 @@ def breakdown(root: Node, *, model: str, model_type: str, source: str,
 
 def buffer_figures(root: Node) -> dict[str, int]:
     """Persistent-buffer values by component (a shared buffer once), in component order."""
-    figures: dict[str, int] = {}
-    for node in root.walk():
-        for buf in node.buffers:
-            if buf.counted:
-                comp = param_component(node, buf.name)
-                figures[comp] = figures.get(comp, 0) + buf.counted
+    figures = subtree_components(root, "buffers")
     order = [*ALL_COMPONENTS, "other"]
     return {c: figures[c] for c in sorted(figures, key=lambda c: order.index(c) if c in order else 99)}

@@ -16,9 +16,18 @@ class Blocker:
     when: str = "always"  # always | 4bit | fp32 | checkpointing
     fix: str = ""  # the flag that avoids it, as the user types it
     fix_option: tuple[tuple[str, Any], ...] = ()  # the same, as RunOptions values
+    transformers: str = ""  # only under these transformers versions (a prefix: "5.24."), else any
 
 
-# model_type -> what stops training (found by `make sweep` on tiny models, transformers 5.23).
+def _installed(prefix: str) -> bool:
+    """Whether the installed transformers' version starts with `prefix` (read from its metadata:
+    no import)."""
+    from importlib.metadata import version
+
+    return not prefix or version("transformers").startswith(prefix)
+
+
+# model_type -> what stops training (found by `make sweep` on tiny models, transformers 5.23-5.24).
 UNSUPPORTED: dict[str, Blocker] = {
     "gemma3n": Blocker("Gemma 3n updates its AltUp coefficients in place, which a 4-bit layer cannot take",
                        "4bit", "--quantize none", (("quantize", "none"),)),
@@ -30,6 +39,14 @@ UNSUPPORTED: dict[str, Blocker] = {
     "shieldgemma2": Blocker("ShieldGemma 2's processor replaces the conversation with its policy prompts"),
     "fuyu": Blocker("Fuyu's processor drops the first token of each image segment, so image tokens and "
                     "features disagree"),
+}
+
+# Breakage of one transformers release, checked before the blockers above (found by `make sweep`).
+UPSTREAM: dict[str, Blocker] = {
+    "llama4": Blocker("transformers 5.24's Llama4ForConditionalGeneration.forward reads `image_outputs` "
+                      "from its language model's output, which has none: every forward pass fails",
+                      fix="pip install 'transformers==5.23.*' (the last release whose Llama 4 runs)",
+                      transformers="5.24."),
 }
 
 
@@ -48,10 +65,19 @@ def _applies(blocker: Blocker, opts: Any) -> bool:
     return True
 
 
+def upstream_breakage(model_type: str | None) -> tuple[str, str] | None:
+    """(what the installed transformers breaks for this family, what to try), or None."""
+    blocker = UPSTREAM.get(model_type or "")
+    return (blocker.reason, blocker.fix) if blocker is not None and _installed(blocker.transformers) else None
+
+
 def training_blocker(config: Any, opts: Any = None) -> tuple[str, str] | None:
     """(why this model cannot be fine-tuned with these options, what to try), or None. Without
     options (`plan`), every known blocker is named with its condition."""
     model_type = getattr(config, "model_type", None)
+    upstream = upstream_breakage(model_type)
+    if upstream is not None:
+        return upstream
     blocker = UNSUPPORTED.get(model_type)
     if blocker is not None and _applies(blocker, opts):
         reason = blocker.reason if opts is not None or blocker.when == "always" else (
