@@ -53,7 +53,8 @@ test-latest:
 	$(LATEST)/bin/python -m pip install -q --upgrade --upgrade-strategy eager -e ".[test]"
 	$(LATEST)/bin/python -m pip freeze --exclude-editable | sort > $(LATEST)/versions.txt
 	@echo "drift from constraints.txt (- tested, + newest allowed):"
-	@grep -v '^#' constraints.txt | sort | diff - $(LATEST)/versions.txt | grep '^[<>]' | sed 's/^</-/;s/^>/+/' || echo "  none"
+	@drift=$$(grep -v '^#' constraints.txt | sort | diff - $(LATEST)/versions.txt | grep '^[<>]' | sed 's/^</-/;s/^>/+/'); \
+		echo "$${drift:-  none}"
 	HF_HUB_OFFLINE=1 HF_HUB_DISABLE_PROGRESS_BARS=1 $(LATEST)/bin/python -m pytest -q -m "not sweep"
 
 # after a deliberate upgrade of the venv (and a green `make test sweep`): record it as the tested set
