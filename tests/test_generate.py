@@ -271,3 +271,33 @@ def test_remote_code_is_refused_naming_the_flag(tiny_models, shapes, image, cli,
         hint = err.split("(try: ", 1)[1]
         assert ("--trust-remote-code if you trust the repo's code" in hint) == auto_map, err
         assert ("upgrade transformers" in hint) != auto_map, err
+
+
+def test_a_run_answers_on_videos_sampled_as_it_trained(runs, cli, tmp_path, monkeypatch):
+    """A run trained with --video-fps 1 is asked about a video sampled at 1 fps, not at the
+    defaults: its vlmsurgeon.json says how it trained (its export carries the same record)."""
+    import shutil
+
+    from tests.test_formats import write_video
+    from vlmsurgeon import media
+    from vlmsurgeon.collate import VIDEO_FRAME_PIXELS, VIDEO_MAX_FRAMES
+
+    _, run, _ = runs["qwen2_vl"]
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    record = json.loads((copy / "vlmsurgeon.json").read_text())
+    record["training"]["video_fps"] = 1.0
+    (copy / "vlmsurgeon.json").write_text(json.dumps(record))
+    calls = []
+    load_video = media.load_video
+
+    def spy(ref, max_frames, fps, max_pixels=None):
+        frames = load_video(ref, max_frames, fps, max_pixels)
+        calls.append((max_frames, fps, max_pixels, len(frames)))
+        return frames
+
+    monkeypatch.setattr(media, "load_video", spy)
+    clip = write_video(tmp_path / "clip.mp4", frames=40, size=(64, 48), rate=20)  # 2 s: 2 frames at 1 fps
+    code, out, err = cli("generate", copy, "--video", clip, "--prompt", PROMPT, "--max-new-tokens", "2")
+    assert code == 0, err
+    assert calls == [(VIDEO_MAX_FRAMES, 1.0, VIDEO_FRAME_PIXELS, 2)]

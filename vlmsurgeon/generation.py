@@ -24,6 +24,7 @@ class Loaded:
     kind: str  # one of KINDS
     source: str
     quantized: bool
+    sampling: dict[str, Any] = field(default_factory=dict)  # the run's video_frames, video_fps, max_pixels
 
 
 @dataclass
@@ -167,7 +168,32 @@ def load_for_inference(source: str, *, base: str | None = None, trust_remote_cod
         model, processor_dir, quantized = _trained(trained, dtype, device)
     else:
         model, processor_dir = _model(source, dtype, device, trust_remote_code), source
-    return Loaded(model.eval(), _processor(processor_dir, trust_remote_code), kind, source, quantized)
+    return Loaded(model.eval(), _processor(processor_dir, trust_remote_code), kind, source, quantized,
+                  recorded_sampling(trained.record if trained is not None else _export_run(source)))
+
+
+_SAMPLING = ("video_frames", "video_fps", "max_pixels")
+
+
+def _export_run(source: str) -> dict[str, Any]:
+    """The run record a merged export carries (its vlmsurgeon.json), else nothing."""
+    from .sources import read_json
+
+    path = Path(source) / "vlmsurgeon.json"
+    try:
+        record = read_json(path).get("run") if path.is_file() else None
+    except BadInput:
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def recorded_sampling(record: dict[str, Any]) -> dict[str, Any]:
+    """How the run sampled videos (its --video-frames / --video-fps / --max-pixels): a run or its
+    export answers on frames taken the way it trained, not at the defaults."""
+    training = record.get("training") if isinstance(record, dict) else None
+    if not isinstance(training, dict):
+        return {}
+    return {k: training[k] for k in _SAMPLING if training.get(k) is not None}
 
 
 def _media_count(messages: list[dict[str, Any]], kind: str) -> int:
@@ -302,7 +328,7 @@ def _inputs(loaded: Loaded, messages: list[dict[str, Any]], images: list[Any], v
     clean = [{"role": m["role"], "content": _parts(m)} for m in messages]
     text = render_chat(loaded.processor, clean, generation_prompt=True)
     try:
-        collator = Collator(loaded.processor, 1 << 30)
+        collator = Collator(loaded.processor, 1 << 30, **loaded.sampling)
         batch = collator.encode(text, [read_image(i) for i in images], [_video(v, collator) for v in videos])
     except (ValueError, TypeError) as exc:  # placeholder/feature mismatches the processor finds
         raise BadInput(f"the processor refused the input ({str(exc).splitlines()[0][:200]})",

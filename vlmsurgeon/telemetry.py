@@ -113,8 +113,10 @@ class EvalGenerate(TrainerCallback):
     scored against their last assistant turn (exact match, token F1, ROUGE-L), logged beside the
     loss (`eval_gen_*` in log.jsonl)."""
 
-    def __init__(self, rows: list[Any], processor: Any, count: int, max_new_tokens: int = 64) -> None:
+    def __init__(self, rows: list[Any], processor: Any, count: int, max_new_tokens: int = 64,
+                 sampling: dict[str, Any] | None = None) -> None:
         self.rows, self.processor, self.count, self.max_new_tokens = rows[:count], processor, count, max_new_tokens
+        self.sampling = dict(sampling or {})  # the run's video sampling, as its rows were collated
         self.trainer: Any = None
 
     def on_evaluate(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -126,7 +128,7 @@ class EvalGenerate(TrainerCallback):
         from .evaluate import score, split_sample
         from .generation import Loaded, answer
 
-        loaded = Loaded(model, self.processor, "run", "training", False)
+        loaded = Loaded(model, self.processor, "run", "training", False, self.sampling)
         was_training = model.training
         model.eval()
         totals: dict[str, float] = {}

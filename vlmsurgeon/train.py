@@ -305,7 +305,8 @@ def _train(run: _Run) -> FinetuneResult:
                                                      run.source.model_type)),
                  Progress(), JsonlLog(run_dir / "log.jsonl"), MarkComplete(), stop, grads]
     if opts.eval_generate and run.eval_rows:
-        callbacks.append(EvalGenerate(run.eval_rows, run.processor, opts.eval_generate))
+        sampling = {k: getattr(opts, k) for k in ("video_frames", "video_fps", "max_pixels") if getattr(opts, k)}
+        callbacks.append(EvalGenerate(run.eval_rows, run.processor, opts.eval_generate, sampling=sampling))
     if opts.report_to == "tensorboard":  # beside the run, not inside checkpoints/
         os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_dir / "tensorboard")
     trainer = make_trainer(applied, opts, run_dir / CHECKPOINTS, run.rows, run.eval_rows, run.collator,
