@@ -59,7 +59,7 @@ def test_resume_restores_every_adapter_tensor(mistral_run, tiny_models, shapes, 
 
 
 def test_merge_dequantizes_only_what_training_held_in_4_bit(mistral_run, tiny_models):
-    from vlmsurgeon.fourbit import four_bit_modules
+    from vlmsurgeon.freeze import four_bit_modules
     from vlmsurgeon.inspection import meta_model
     from vlmsurgeon.trained import load_trained
 
@@ -76,7 +76,7 @@ def test_4bit_layers_evaluate_then_train_again_at_any_width():
     without gradients: a width not divisible by 32 fails, and a repacked layer cannot train again."""
     import bitsandbytes as bnb
 
-    from vlmsurgeon.fourbit import training_numerics
+    from vlmsurgeon.freeze import training_numerics
 
     layer = bnb.nn.Linear4bit(64, 48, bias=False, compute_dtype=torch.float32, quant_type="nf4")
     layer.weight = bnb.nn.Params4bit(torch.randn(48, 64) * 0.05, requires_grad=False, quant_type="nf4")

@@ -97,7 +97,8 @@ def _trained(trained: Any, dtype: Any, device: str) -> tuple[Any, Any, bool]:
     """A run or adapter loaded the way it trained: the QLoRA base in 4-bit NF4, then the
     adapter and trained components (verify's loader), and the run's own processor."""
     from .provenance import PROCESSOR_DIR
-    from .verify import as_trained_quantization, with_adapter
+    from .freeze import as_trained_quantization
+    from .verify import with_adapter
 
     quant = as_trained_quantization(trained, dtype)
     kwargs: dict[str, Any] = {"quantization_config": quant} if quant is not None else {}

@@ -184,7 +184,7 @@ def merge(source: Path, out: Path, *, base: str | None = None, plan: MergePlan =
                        "merging into converted (fused) tensors is not supported")
     staging = stage(out, (source, trained.base))
     try:
-        from .fourbit import four_bit_modules
+        from .freeze import four_bit_modules
 
         tensors = merged_tensors(trained, [(p, k) for p, k, _, _ in located], plan, keys,
                                  lambda n: _owner(n, component_of), four_bit_modules(trained, model))

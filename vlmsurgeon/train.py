@@ -163,7 +163,7 @@ def load_for_training(reference: str, opts: RunOptions, preset: Any, tree: Any, 
             # single dtype: the packed 4-bit weights are then stored in the compute dtype
             bnb_4bit_quant_storage=dtype if sharded_engine() else torch.uint8,
             llm_int8_skip_modules=[re.escape(p) for p in keep] or None)
-    from .fourbit import training_numerics
+    from .freeze import training_numerics
 
     try:
         return training_numerics(AutoModelForImageTextToText.from_pretrained(reference, trust_remote_code=False,

@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .fourbit import as_trained_quantization  # noqa: F401  (generation reads it from here)
 
 _MANTISSA = {"bf16": 7, "fp16": 10, "fp32": 23}  # explicit mantissa bits: one ulp is 2**(e - bits)
 _EPS32 = 2.0 ** -23
@@ -106,7 +105,7 @@ def with_adapter(base: Path, trained: Any, dtype: Any = None, **kwargs: Any) -> 
     import torch
     from transformers import AutoModelForImageTextToText
 
-    from .fourbit import training_numerics
+    from .freeze import training_numerics
     from .trained import exact_adapter_state, load_tensors
 
     model = AutoModelForImageTextToText.from_pretrained(base, dtype=dtype or torch.float32,
@@ -143,6 +142,8 @@ def compute_dtype(trained: Any, origin: dict[str, Any] | None = None) -> Any:
 def reference_model(trained: Any, gate: str, dtype: Any) -> Any:
     """What the export is checked against: the base as the run loaded it (4-bit for a QLoRA run
     under --target dequantized) with the adapter and trained components."""
+    from .freeze import as_trained_quantization
+
     quant = as_trained_quantization(trained, dtype) if gate == "trained" else None
     if quant is None:
         return with_adapter(trained.base, trained)
