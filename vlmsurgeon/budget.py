@@ -3,7 +3,6 @@ human units; every limit is checked against `plan`'s figures, computed without w
 
 from __future__ import annotations
 
-import errno
 import math
 import os
 import re
@@ -36,9 +35,6 @@ _OPTION_AS_KEY = (("pass --trust-remote-code", "set trust_remote_code: true on t
                   ("--image-tokens", "image_tokens"))
 _OPTION = re.compile(r"(?<![\w-])--[a-z][a-z-]*")
 _OWN_OPTIONS = {"--json", "--junit"}
-# errnos that mean the --junit path itself is wrong (bad input), not that the machine failed
-_PATH_ERRNOS = {errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENOTDIR, errno.EROFS, errno.ENOENT,
-                errno.ENAMETOOLONG, errno.EEXIST}
 
 
 class ModelBudget(BaseModel):
@@ -421,10 +417,15 @@ def check_junit_target(out: Path) -> None:
         os.close(fd)
         os.unlink(name)
     except OSError as exc:
-        what = f"--junit {out}: cannot write ({exc.strerror or exc})"
-        if exc.errno in _PATH_ERRNOS:
-            raise BadInput(what, "give a writable file path") from exc
-        raise RuntimeFailure(what, "free disk space, or write the report elsewhere") from exc
+        raise _unwritable(out, exc) from exc
+
+
+def _unwritable(out: Path, exc: OSError) -> BadInput | RuntimeFailure:
+    """BadInput when the path is at fault (exit 2), RuntimeFailure otherwise (a full disk: exit 3)."""
+    what = f"--junit {out}: cannot write ({exc.strerror or exc})"
+    if exc.errno in fsutil.PATH_ERRNOS:
+        return BadInput(what, "give a writable file path")
+    return RuntimeFailure(what, "free disk space, or write the report elsewhere")
 
 
 def _write_atomic(data: bytes, out: Path) -> None:
@@ -446,7 +447,4 @@ def _write_atomic(data: bytes, out: Path) -> None:
             tmp.unlink(missing_ok=True)
         if not isinstance(exc, OSError):
             raise
-        what = f"--junit {out}: cannot write ({exc.strerror or exc})"
-        if exc.errno in _PATH_ERRNOS:
-            raise BadInput(what, "give a writable file path") from exc
-        raise RuntimeFailure(what, "free disk space, or write the report elsewhere") from exc
+        raise _unwritable(out, exc) from exc

@@ -17,7 +17,7 @@ from typing import Any
 
 from .errors import BadInput, RuntimeFailure, VlmSurgeonError
 from .evaluate import METRICS, EvalResult, Row
-from .fsutil import clean_leftovers, publish
+from .fsutil import PATH_ERRNOS, clean_leftovers, publish
 
 THUMB = 128  # longest side of an inline thumbnail, in pixels
 LABELS = {"exact_match": "exact match", "f1": "token F1", "rouge_l": "ROUGE-L"}
@@ -28,11 +28,6 @@ th{background:#f3f3f3}td.text{white-space:pre-wrap;max-width:28em}.scores{color:
 .up{color:#186a1d}.down{color:#a11}img{display:block;margin-bottom:.3em}"""
 
 
-# errnos that say the -o path itself is wrong (bad input), not that the machine failed
-_PATH_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENAMETOOLONG, errno.ENOTDIR, errno.EISDIR,
-                errno.ENOENT, errno.EEXIST, errno.ENOTEMPTY}
-
-
 def _refused(out: Path, exc: OSError) -> VlmSurgeonError:
     """An OSError on -o as one line: the path's fault is bad input, the machine's a runtime failure."""
     why = exc.strerror or type(exc).__name__
@@ -40,7 +35,7 @@ def _refused(out: Path, exc: OSError) -> VlmSurgeonError:
         return BadInput(f"-o {out}: name too long for the file system ({len(out.name.encode())} bytes, path "
                         f"{len(str(out).encode())})", "choose a shorter name: the report is staged beside it as "
                                                       ".NAME.XXXXXXXX, and most file systems allow 255 bytes")
-    if exc.errno in _PATH_ERRNOS:
+    if exc.errno in PATH_ERRNOS:
         return BadInput(f"-o {out}: cannot write the report in {out.parent} ({why})",
                         "choose a folder you can write to")
     return RuntimeFailure(f"-o {out}: cannot write the report ({why})", "check the disk and try again")

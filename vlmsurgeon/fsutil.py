@@ -4,9 +4,15 @@ place; and the staging leftovers of an earlier, killed run found and removed."""
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 from pathlib import Path
+
+# errnos that say an output path the user gave is wrong (bad input, exit 2), not that the machine
+# failed (a full disk, an I/O error: exit 3)
+PATH_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENOTDIR, errno.EROFS, errno.ENOENT,
+                         errno.ENAMETOOLONG, errno.EEXIST, errno.ENOTEMPTY})
 
 
 def current_umask() -> int:
