@@ -253,14 +253,28 @@ class Collator:
         return pad_and_stack(encoded, self.pad_id, batch_aligned=self.batch_aligned, packed=self.packed)
 
 
+def size_of(part: Any, attr: str = "size") -> dict[str, Any] | None:
+    """A processor part's `size` (or `crop_size`) as a plain dict: transformers 4 holds a dict, 5 a
+    SizeDict (its unset fields None); None when there is none."""
+    size = getattr(part, attr, None)
+    if isinstance(size, dict):
+        return {k: v for k, v in size.items() if v is not None}
+    if size is not None and hasattr(size, "__dataclass_fields__"):  # SizeDict
+        return {k: getattr(size, k) for k in size.__dataclass_fields__ if getattr(size, k) is not None}
+    return None
+
+
+def pixel_budgeted_part(part: Any) -> bool:
+    """A pixel-budget processor part (Qwen2/2.5/3-VL, GLM-4V, …): min/max pixels as its size's
+    shortest/longest edge, so its tokens grow with a frame's pixels."""
+    size = size_of(part) or {}
+    return hasattr(part, "merge_size") and {"longest_edge", "shortest_edge"} <= set(size)
+
+
 def pixel_budgeted(processor: Any) -> bool:
-    """Whether the processor's video tokens grow with a frame's pixels (Qwen2/2.5/3-VL, GLM-4V: a
-    pixel budget as shortest/longest edge), so that a frame pixel budget means fewer tokens.
-    Fixed-size processors resize every frame to their own size anyway."""
-    part = getattr(processor, "video_processor", None)
-    size = getattr(part, "size", None)
-    keys = size.keys() if isinstance(size, dict) else [k for k, _ in size] if size is not None else []
-    return hasattr(part, "merge_size") and {"longest_edge", "shortest_edge"} <= set(keys)
+    """Whether the processor's video tokens grow with a frame's pixels, so that a frame pixel
+    budget means fewer tokens. Fixed-size processors resize every frame to their own size anyway."""
+    return pixel_budgeted_part(getattr(processor, "video_processor", None))
 
 
 def _token_id(processor: Any, kind: str) -> int | None:

@@ -11,6 +11,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from .collate import pixel_budgeted_part, size_of
 from .data import BadRow, Dataset, Sample
 from .errors import BadInput
 
@@ -147,7 +148,7 @@ def _video_fixes(sample: Sample, stats: Any, collator: Any) -> str:
         if stats.frames > 2:
             fit("--video-frames", stats.frames * scale, lambda v: max(2, int(v) // 2 * 2))
         if pixel_budgeted(collator.processor) and stats.frame_pixels:
-            size = _size(collator.processor.video_processor)
+            size = size_of(collator.processor.video_processor)
             floor = size["shortest_edge"]
             fit("--max-pixels", min(stats.frame_pixels, size["longest_edge"]) * scale,
                 lambda v: max(int(_floor2(v)), floor))
@@ -241,17 +242,6 @@ def processor_overrides(opts: Any) -> dict[str, Any]:
     return out
 
 
-def _size(part: Any, attr: str = "size") -> dict[str, Any] | None:
-    """A processor part's `size` (or `crop_size`) as a plain dict: transformers 4 holds a dict, 5 a
-    SizeDict (its unset fields None, its iteration (key, value) pairs); None when there is none."""
-    size = getattr(part, attr, None)
-    if isinstance(size, dict):
-        return {k: v for k, v in size.items() if v is not None}
-    if size is not None and hasattr(size, "__dataclass_fields__"):  # SizeDict
-        return {k: getattr(size, k) for k in size.__dataclass_fields__ if getattr(size, k) is not None}
-    return None
-
-
 def _set_size(part: Any, size: dict[str, Any], attr: str = "size") -> None:
     """Write `size` back in the type the part held (a SizeDict stays a SizeDict)."""
     held = getattr(part, attr, None)
@@ -260,13 +250,8 @@ def _set_size(part: Any, size: dict[str, Any], attr: str = "size") -> None:
 
 def _set_image_size(part: Any, size: dict[str, Any], side: int) -> None:
     _set_size(part, {"height": side, "width": side} if "height" in size else {k: side for k in size})
-    if getattr(part, "do_center_crop", False) and _size(part, "crop_size"):  # CLIP-style: the crop is the size
+    if getattr(part, "do_center_crop", False) and size_of(part, "crop_size"):  # CLIP-style: the crop is the size
         _set_size(part, {"height": side, "width": side}, "crop_size")
-
-
-def _qwen_style(part: Any, size: dict[str, Any]) -> bool:
-    """A pixel-budget processor (Qwen2/2.5/3-VL, GLM-4V, …): min/max pixels as shortest/longest edge."""
-    return "longest_edge" in size and "shortest_edge" in size and hasattr(part, "merge_size")
 
 
 def apply_overrides(processor: Any, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -277,16 +262,16 @@ def apply_overrides(processor: Any, overrides: dict[str, Any]) -> dict[str, Any]
     for name, value in overrides.items():
         touched = False
         for part in parts:
-            size = _size(part)
+            size = size_of(part)
             if size is None:
                 continue
-            if name in ("max_pixels", "min_pixels") and _qwen_style(part, size):
+            if name in ("max_pixels", "min_pixels") and pixel_budgeted_part(part):
                 size["longest_edge" if name == "max_pixels" else "shortest_edge"] = int(value)
                 _set_size(part, size)
                 if hasattr(part, name):
                     setattr(part, name, int(value))
                 touched = True
-            elif name == "image_size" and not _qwen_style(part, size):  # there, sizes are pixel counts
+            elif name == "image_size" and not pixel_budgeted_part(part):  # there, sizes are pixel counts
                 _set_image_size(part, size, int(value))
                 touched = True
         if not touched:
