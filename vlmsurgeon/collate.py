@@ -17,6 +17,9 @@ IGNORE = -100
 VIDEO_FPS = 2.0
 VIDEO_MAX_FRAMES = 128
 VIDEO_FRAME_PIXELS = 256 * 256
+# The run options (and Collator keywords) that decide how a video is sampled: recorded by a run,
+# used again when it answers (generate, eval, --eval-generate)
+SAMPLING_OPTIONS = ("video_frames", "video_fps", "max_pixels")
 # Processors whose token_type_ids mark prefix (0, bidirectional) vs suffix (1, causal, trained):
 # for training, what is learned must be the causal suffix.
 PREFIX_LM = ("PaliGemmaProcessor",)

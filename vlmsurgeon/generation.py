@@ -25,6 +25,13 @@ class Loaded:
     source: str
     quantized: bool
     sampling: dict[str, Any] = field(default_factory=dict)  # the run's video_frames, video_fps, max_pixels
+    _marks: dict[str, str] | None = field(default=None, repr=False)
+
+    def placeholders(self) -> dict[str, str]:
+        """media_placeholders of this processor, found once (two chat-template renders per kind)."""
+        if self._marks is None:
+            self._marks = media_placeholders(self.processor)
+        return self._marks
 
 
 @dataclass
@@ -173,9 +180,6 @@ def load_for_inference(source: str, *, base: str | None = None, trust_remote_cod
                   recorded_sampling(trained.record if trained is not None else _export_run(source)))
 
 
-_SAMPLING = ("video_frames", "video_fps", "max_pixels")
-
-
 def _export_run(source: str) -> dict[str, Any]:
     """The run record a merged export carries (its vlmsurgeon.json), else nothing."""
     from .sources import read_json
@@ -191,10 +195,12 @@ def _export_run(source: str) -> dict[str, Any]:
 def recorded_sampling(record: dict[str, Any]) -> dict[str, Any]:
     """How the run sampled videos (its --video-frames / --video-fps / --max-pixels): a run or its
     export answers on frames taken the way it trained, not at the defaults."""
+    from .collate import SAMPLING_OPTIONS
+
     training = record.get("training") if isinstance(record, dict) else None
     if not isinstance(training, dict):
         return {}
-    return {k: training[k] for k in _SAMPLING if training.get(k) is not None}
+    return {k: training[k] for k in SAMPLING_OPTIONS if training.get(k) is not None}
 
 
 def _media_count(messages: list[dict[str, Any]], kind: str) -> int:
@@ -378,7 +384,7 @@ def answer(loaded: Loaded, messages: list[dict[str, Any]], images: list[Any] = (
         raise BadInput(f"max_new_tokens {max_new_tokens}: must be at least 1", "e.g. --max-new-tokens 64")
     if temperature < 0:
         raise BadInput(f"temperature {temperature}: must not be negative", "0 for greedy decoding")
-    messages = _placed(messages, media_placeholders(loaded.processor))
+    messages = _placed(messages, loaded.placeholders())
     _check(loaded, messages, images, videos)
     inputs = _inputs(loaded, messages, images, videos)
     tokenizer = getattr(loaded.processor, "tokenizer", loaded.processor)
@@ -409,7 +415,7 @@ def prompt_turn(loaded: Loaded, text: str, images: int = 0, videos: int = 0) -> 
     """The user turn of a typed prompt. Placeholders typed in it (`<image>`, or the model's own,
     see media_placeholders) mark where the media go, as in LLaMA-Factory's data, and must match
     the media given one for one; a prompt without any gets its media before the text."""
-    placeholders = media_placeholders(loaded.processor)
+    placeholders = loaded.placeholders()
     parts = split_placeholders(text, placeholders)
     pattern = _pattern(placeholders)
     typed = list(dict.fromkeys(pattern.findall(text))) if pattern else []

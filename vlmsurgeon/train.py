@@ -106,8 +106,14 @@ def _no_processor(reference: str, exc: Exception) -> BadInput:
 def make_collator(processor: Any, opts: RunOptions) -> Any:
     from .collate import Collator
 
-    return Collator(processor, opts.seq_len, video_frames=opts.video_frames, video_fps=opts.video_fps,
-                    max_pixels=opts.max_pixels)
+    return Collator(processor, opts.seq_len, **sampling(opts))
+
+
+def sampling(opts: RunOptions) -> dict[str, Any]:
+    """How this run samples videos: the options of collate.SAMPLING_OPTIONS it sets."""
+    from .collate import SAMPLING_OPTIONS
+
+    return {k: getattr(opts, k) for k in SAMPLING_OPTIONS if getattr(opts, k) is not None}
 
 
 def _check_run_dir(run_dir: Path, resume: bool) -> Path | None:
@@ -305,8 +311,7 @@ def _train(run: _Run) -> FinetuneResult:
                                                      run.source.model_type)),
                  Progress(), JsonlLog(run_dir / "log.jsonl"), MarkComplete(), stop, grads]
     if opts.eval_generate and run.eval_rows:
-        sampling = {k: getattr(opts, k) for k in ("video_frames", "video_fps", "max_pixels") if getattr(opts, k)}
-        callbacks.append(EvalGenerate(run.eval_rows, run.processor, opts.eval_generate, sampling=sampling))
+        callbacks.append(EvalGenerate(run.eval_rows, run.processor, opts.eval_generate, sampling=sampling(opts)))
     if opts.report_to == "tensorboard":  # beside the run, not inside checkpoints/
         os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_dir / "tensorboard")
     trainer = make_trainer(applied, opts, run_dir / CHECKPOINTS, run.rows, run.eval_rows, run.collator,
