@@ -60,10 +60,10 @@ class MergePlan:
 
 
 def merged_tensors(trained: Trained, order: list[tuple[Path, str]], plan: MergePlan,
-                   keys: dict[str, str], component: Any, four_bit: set[str] | None = None) -> Iterator[tuple[str, Any]]:
+                   keys: dict[str, str], component: Any, four_bit: set[str]) -> Iterator[tuple[str, Any]]:
     """(on-disk name, merged tensor) for every base tensor, in `order`, one input file open at
-    a time and one tensor in hand. `four_bit`: the modules training held in 4-bit (all LoRA
-    modules of the quantized components when not given)."""
+    a time and one tensor in hand. `four_bit`: the modules training held in 4-bit
+    (freeze.four_bit_modules)."""
     import torch
 
     out_dtype = getattr(torch, DTYPES[plan.dtype])
@@ -80,8 +80,7 @@ def merged_tensors(trained: Trained, order: list[tuple[Path, str]], plan: MergeP
                 if allowed and name.endswith(".weight") and module in trained.lora:
                     a, b, scale = trained.lora[module]
                     weight = tensor.float()
-                    held = module in four_bit if four_bit is not None else comp in trained.quantized_components
-                    if plan.target == "dequantized" and held:
+                    if plan.target == "dequantized" and module in four_bit:
                         weight = nf4_roundtrip(tensor, compute)
                     tensor = weight + scale * (b.float() @ a.float())  # fp32, rounded once below
                 elif allowed and name in trained.full:
