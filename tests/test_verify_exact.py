@@ -112,3 +112,14 @@ def test_an_exact_criterion_not_a_tolerance():
     up = torch.tensor([1.0 + 2 ** -7], dtype=torch.bfloat16)
     assert compare("w", up, midpoint, torch.tensor([2 ** -19]), "bf16") is None
     assert compare("w", up, midpoint, torch.zeros(()), "bf16").values == 1
+
+
+def test_a_partial_merge_is_checked_as_partial(work, tmp_path):
+    """`merge --only merger`: the LM's LoRA modules stay as the base stores them, and verify
+    expects exactly that (the base's tensors there, the merger's trained ones)."""
+    merge(work / "run", tmp_path / "export", plan=MergePlan(dtype="bf16", only=["merger"]))
+    verdict = verify(tmp_path / "export", load_trained(work / "run", None), "bf16", "dequantized",
+                     logits=False, only=["merger"])
+    assert verdict.ok and (verdict.lora, verdict.full, verdict.copied) == (0, 6, 52)
+    wrong = verify(tmp_path / "export", load_trained(work / "run", None), "bf16", "dequantized", logits=False)
+    assert not wrong.ok and wrong.mismatch.tensor.startswith("model.layers.")  # a full merge was expected

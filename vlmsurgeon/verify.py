@@ -4,6 +4,7 @@ it was checked against, as information."""
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -240,24 +241,21 @@ def check_tensors(out: Path, trained: Any, model: Any, verdict: Verdict, unround
     full.update({k: v for k, v in trained.full.items() if k not in full})  # a bare adapter's modules_to_save
     targets = dict(unrounded.state_dict()) if unrounded is not None else {}
     zero = torch.zeros(())
-    for path in exported_files:
-        with safe_open(str(path), framework="pt") as exported:
+    with ExitStack() as files:
+        base = {path: files.enter_context(safe_open(str(path), framework="pt")) for path in base_files}
+        for path in exported_files:
+            exported = files.enter_context(safe_open(str(path), framework="pt"))
             for key in exported.keys():
                 name = names[key]
                 module = name.removesuffix(".weight")
-                if not kept(name):
-                    with safe_open(str(where[key]), framework="pt") as base:
-                        reference, slack = base.get_tensor(key), zero
-                    verdict.copied += 1
-                elif name.endswith(".weight") and module in trained.lora:
+                if kept(name) and name.endswith(".weight") and module in trained.lora:
                     reference, slack = lora_reference(model, module)
                     verdict.lora += 1
-                elif name in full:
+                elif kept(name) and name in full:
                     reference, slack = full[name], zero
                     verdict.full += 1
-                else:
-                    with safe_open(str(where[key]), framework="pt") as base:
-                        reference, slack = base.get_tensor(key), zero
+                else:  # unchanged, or left out by --only
+                    reference, slack = base[where[key]].get_tensor(key), zero
                     verdict.copied += 1
                 found = compare(key, exported.get_tensor(key), reference, slack, verdict.dtype)
                 if found and not verdict.mismatch:
