@@ -14,7 +14,7 @@ from .quiet import quiet_libraries as _quiet_libraries
 
 
 def _size(text: str) -> int:
-    from .budget import parse_amount
+    from .amounts import parse_amount
 
     try:
         return int(parse_amount(text.replace("iB", "IB"), "memory")[0])

@@ -140,7 +140,7 @@ def _fitted(source: Path, base: str | None, trust_remote_code: bool) -> Any:
     checks them: peft would skip a module the base lacks and answer as the bare base."""
     from .inspection import meta_model
     from .merge import check_fit
-    from .provenance import run_base
+    from .trained import run_base
     from .trained import load_trained
 
     trained = load_trained(source, base or run_base(source))

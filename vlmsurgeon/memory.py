@@ -224,7 +224,7 @@ class ScaleRequest:
 
 def scale_request(gpus: int | None, strategy: str | None, gpu_memory: str | None) -> ScaleRequest | None:
     """None when no scale-out option was given; BadInput for a bad value."""
-    from .budget import parse_amount
+    from .amounts import parse_amount
     from .errors import BadInput
 
     if gpus is None and strategy is None and gpu_memory is None:

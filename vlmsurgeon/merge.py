@@ -14,10 +14,10 @@ from typing import Any, Callable, Iterator
 
 from .errors import BadInput
 from .fsutil import clean_leftovers, honour_umask, publish
-from .provenance import PROCESSOR_DIR, adapter_origin, run_base, versions
+from .provenance import PROCESSOR_DIR, adapter_origin, versions
 from .shards import DTYPES, ITEMSIZE, TensorReader, numel, shard_plan, write_shards
 from .sources import read_header, read_json
-from .trained import Trained, base_files, key_map, load_tensors, load_trained, missing_artifacts, record_field
+from .trained import Trained, base_files, key_map, load_tensors, load_trained, missing_artifacts, record_field, run_base
 
 TARGETS = ("dequantized", "original")
 _WEIGHT_FILES = re.compile(r"(\.safetensors|\.bin|\.safetensors\.index\.json|\.bin\.index\.json)$")

@@ -51,34 +51,7 @@ def base_record(source: Any) -> dict[str, Any]:
     return record
 
 
-def run_base(source: Path) -> str | None:
-    """The base a run directory records, as a path that works from here; None when SOURCE is not
-    a run (its reader names what it is). Runs older than absolute base paths: the absolute path
-    their run.json holds, else the recorded path from the current directory or the hub cache."""
-    from .sources import cached_file, looks_like_hub_id, read_json
-    from .trained import base_hint, record_field
-
-    path = source / "vlmsurgeon.json"
-    record = read_json(path) if path.is_file() else {}
-    reference = record_field(record, "base", "reference")
-    if not isinstance(reference, str) or not reference or Path(reference).expanduser().is_absolute():
-        return reference or None
-    candidates = [record_field(_json_or_empty(source / "run.json"), "inputs", "base", "reference")]
-    cwd = record_field(record, "base", "cwd")
-    candidates += [str(Path(cwd) / reference) if isinstance(cwd, str) else None, reference]
-    for candidate in candidates:
-        if isinstance(candidate, str) and Path(candidate).expanduser().is_dir():
-            return candidate
-    if looks_like_hub_id(reference):
-        config = cached_file(reference, "config.json", record_field(record, "base", "revision"))
-        if config is not None:
-            return str(config.parent)
-    raise BadInput(f"run '{source}' records its base as '{reference}', relative to where it was trained, "
-                   f"and that is not a directory from here ({Path.cwd()})",
-                   f"{base_hint()}, or run from the directory finetune ran in")
-
-
-def _json_or_empty(path: Path) -> dict[str, Any]:
+def json_or_empty(path: Path) -> dict[str, Any]:
     """A side file that may be absent or damaged: only a hint is read from it."""
     try:
         data = json.loads(path.read_text())

@@ -1,10 +1,10 @@
-"""Tiny-model table, continued (see tiny_families.py for the shared dims and the Family fields)."""
+"""Tiny-model table, continued (see base.py for the shared dims and the Family fields)."""
 
 from __future__ import annotations
 
 from typing import Any, Callable
 
-from .tiny_families import (  # noqa: F401
+from .tiny_base import (
     _QWEN_MROPE, _QWEN_PATCH, _QWEN_PLACEHOLDER, _QWEN_SPECIALS, _QWEN_VISION, CHATML, IMAGE_SIZE,
     TEXT, VISION, Family, _SQUARE, _qwen_ids, _text,
 )

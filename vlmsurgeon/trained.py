@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BadInput, how_to_set
-from .provenance import ADAPTER_DIR, COMPONENTS_FILE
+from .provenance import ADAPTER_DIR, COMPONENTS_FILE, json_or_empty
 from .sources import read_header, read_json
 
 _INSIDE = {"adapter": "adapter_model.safetensors"}  # the file a recorded artifact folder must hold
@@ -69,6 +69,32 @@ def record_field(record: dict[str, Any], *keys: str) -> Any:
     for key in keys:
         record = record.get(key) if isinstance(record, dict) else None
     return record
+
+
+def run_base(source: Path) -> str | None:
+    """The base a run directory records, as a path that works from here; None when SOURCE is not
+    a run (its reader names what it is). Runs older than absolute base paths: the absolute path
+    their run.json holds, else the recorded path from the current directory or the hub cache."""
+    from .sources import cached_file, looks_like_hub_id
+
+    path = source / "vlmsurgeon.json"
+    record = read_json(path) if path.is_file() else {}
+    reference = record_field(record, "base", "reference")
+    if not isinstance(reference, str) or not reference or Path(reference).expanduser().is_absolute():
+        return reference or None
+    candidates = [record_field(json_or_empty(source / "run.json"), "inputs", "base", "reference")]
+    cwd = record_field(record, "base", "cwd")
+    candidates += [str(Path(cwd) / reference) if isinstance(cwd, str) else None, reference]
+    for candidate in candidates:
+        if isinstance(candidate, str) and Path(candidate).expanduser().is_dir():
+            return candidate
+    if looks_like_hub_id(reference):
+        config = cached_file(reference, "config.json", record_field(record, "base", "revision"))
+        if config is not None:
+            return str(config.parent)
+    raise BadInput(f"run '{source}' records its base as '{reference}', relative to where it was trained, "
+                   f"and that is not a directory from here ({Path.cwd()})",
+                   f"{base_hint()}, or run from the directory finetune ran in")
 
 
 def _locate(source: Path) -> tuple[Path | None, Path | None, dict[str, Any]]:
