@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 LATEST := .venv-latest
 
-.PHONY: setup test sweep demo bench clean lock test-latest
+.PHONY: setup test lint sweep demo bench clean lock test-latest
 
 # the tested set: every package at the version constraints.txt pins
 $(STAMP): pyproject.toml constraints.txt
@@ -21,6 +21,13 @@ setup: $(STAMP)
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 HF_HUB_DISABLE_PROGRESS_BARS=1 $(PY) -m pytest -q -m "not sweep"
+
+# the shape of the code: ruff (lint + format) and the import-linter layers contract in pyproject.toml
+# (imports point down the user's path: cli > train > use > ship > plan | data > recipe > model | tiny)
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 
 # every family `tiny` lists through finetune → merge --verify → reload, and the probe on every
 # family inspect covers (CI runs it after `test`)

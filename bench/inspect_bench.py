@@ -52,14 +52,23 @@ def main() -> None:
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} cores, median of {runs}\n")
     print("| measurement | vlmsurgeon | baseline | ratio |")
     print("|---|---|---|---|")
-    helped, _ = compare("`--help` vs `python -c pass`", [str(BIN), "--help"],
-                        [sys.executable, "-c", "pass"], runs)
-    ours, bare = compare("`inspect --json` 235B MoE vs bare build+count",
-                         [str(BIN), "inspect", str(CONFIG), "--json"], [sys.executable, "-c", BARE], runs)
-    tree, _ = compare("`inspect` (tree + table) 235B MoE vs bare build+count",
-                      [str(BIN), "inspect", str(CONFIG)], [sys.executable, "-c", BARE], runs)
-    print(f"\n--help: {helped:.3f} s (goal < 0.5 s: {'met' if helped < 0.5 else 'MISSED'}); "
-          f"inspect: {ours / bare:.2f}x bare (goal <= 1.2x: {'met' if ours / bare <= 1.2 else 'MISSED'})")
+    helped, _ = compare("`--help` vs `python -c pass`", [str(BIN), "--help"], [sys.executable, "-c", "pass"], runs)
+    ours, bare = compare(
+        "`inspect --json` 235B MoE vs bare build+count",
+        [str(BIN), "inspect", str(CONFIG), "--json"],
+        [sys.executable, "-c", BARE],
+        runs,
+    )
+    tree, _ = compare(
+        "`inspect` (tree + table) 235B MoE vs bare build+count",
+        [str(BIN), "inspect", str(CONFIG)],
+        [sys.executable, "-c", BARE],
+        runs,
+    )
+    print(
+        f"\n--help: {helped:.3f} s (goal < 0.5 s: {'met' if helped < 0.5 else 'MISSED'}); "
+        f"inspect: {ours / bare:.2f}x bare (goal <= 1.2x: {'met' if ours / bare <= 1.2 else 'MISSED'})"
+    )
 
 
 if __name__ == "__main__":

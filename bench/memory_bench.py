@@ -50,43 +50,112 @@ class Arch:
     lm_root: str = "model.language_model."
 
 
-_QWEN_PIXELS = {"patch_size": 14, "merge_size": 2, "temporal_patch_size": 2,
-                "size": {"shortest_edge": 56 * 56, "longest_edge": 28 * 28 * 1280}}
+_QWEN_PIXELS = {
+    "patch_size": 14,
+    "merge_size": 2,
+    "temporal_patch_size": 2,
+    "size": {"shortest_edge": 56 * 56, "longest_edge": 28 * 28 * 1280},
+}
 ARCHS: dict[str, Arch] = {
     # Qwen/Qwen2-VL-2B-Instruct config.json
     "qwen2_vl": Arch(
-        "qwen2_vl", 28, 32, 448,
-        {"hidden_size": 1536, "intermediate_size": 8960, "num_attention_heads": 12,
-         "num_key_value_heads": 2, "head_dim": 128, "vocab_size": 151936, "rms_norm_eps": 1e-6,
-         "max_position_embeddings": 32768, "tie_word_embeddings": True, "initializer_range": 0.02,
-         "rope_parameters": {"rope_type": "default", "mrope_section": [16, 24, 24], "rope_theta": 1e6}},
-        {"depth": 32, "embed_dim": 1280, "hidden_size": 1536, "num_heads": 16, "mlp_ratio": 4,
-         "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2},
-        {"tie_word_embeddings": True}, _QWEN_PIXELS, {"video_processor_kwargs": _QWEN_PIXELS},
-        skip=("model.visual", "lm_head"), merger="model.visual.merger"),
+        "qwen2_vl",
+        28,
+        32,
+        448,
+        {
+            "hidden_size": 1536,
+            "intermediate_size": 8960,
+            "num_attention_heads": 12,
+            "num_key_value_heads": 2,
+            "head_dim": 128,
+            "vocab_size": 151936,
+            "rms_norm_eps": 1e-6,
+            "max_position_embeddings": 32768,
+            "tie_word_embeddings": True,
+            "initializer_range": 0.02,
+            "rope_parameters": {"rope_type": "default", "mrope_section": [16, 24, 24], "rope_theta": 1e6},
+        },
+        {
+            "depth": 32,
+            "embed_dim": 1280,
+            "hidden_size": 1536,
+            "num_heads": 16,
+            "mlp_ratio": 4,
+            "patch_size": 14,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+        },
+        {"tie_word_embeddings": True},
+        _QWEN_PIXELS,
+        {"video_processor_kwargs": _QWEN_PIXELS},
+        skip=("model.visual", "lm_head"),
+        merger="model.visual.merger",
+    ),
     # llava-hf/llava-1.5-7b-hf: Vicuna-7B + CLIP ViT-L/14 at 336 px (transformers' LlavaConfig defaults)
     "llava": Arch(
-        "llava", 32, 24, 336,
-        {"hidden_size": 4096, "intermediate_size": 11008, "num_attention_heads": 32,
-         "num_key_value_heads": 32, "head_dim": 128, "vocab_size": 32064, "rms_norm_eps": 1e-5,
-         "max_position_embeddings": 4096, "initializer_range": 0.02},
-        {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24,
-         "num_attention_heads": 16, "image_size": 336, "patch_size": 14, "projection_dim": 768},
+        "llava",
+        32,
+        24,
+        336,
+        {
+            "hidden_size": 4096,
+            "intermediate_size": 11008,
+            "num_attention_heads": 32,
+            "num_key_value_heads": 32,
+            "head_dim": 128,
+            "vocab_size": 32064,
+            "rms_norm_eps": 1e-5,
+            "max_position_embeddings": 4096,
+            "initializer_range": 0.02,
+        },
+        {
+            "hidden_size": 1024,
+            "intermediate_size": 4096,
+            "num_hidden_layers": 24,
+            "num_attention_heads": 16,
+            "image_size": 336,
+            "patch_size": 14,
+            "projection_dim": 768,
+        },
         {"image_seq_length": 576},
         {"size": {"shortest_edge": 336}, "crop_size": {"height": 336, "width": 336}},
         {"patch_size": 14},
-        skip=("model.vision_tower", "model.multi_modal_projector", "lm_head"), merger="model.multi_modal_projector"),
+        skip=("model.vision_tower", "model.multi_modal_projector", "lm_head"),
+        merger="model.multi_modal_projector",
+    ),
     # google/gemma-3-4b-it: Gemma 3 4B text + SigLIP so400m at 896 px, 256 tokens per image
     "gemma3": Arch(
-        "gemma3", 34, 27, 896,
-        {"hidden_size": 2560, "intermediate_size": 10240, "num_attention_heads": 8,
-         "num_key_value_heads": 4, "head_dim": 256, "vocab_size": 262208, "sliding_window": 1024,
-         "query_pre_attn_scalar": 256, "max_position_embeddings": 131072, "initializer_range": 0.02},
-        {"hidden_size": 1152, "intermediate_size": 4304, "num_hidden_layers": 27,
-         "num_attention_heads": 16, "image_size": 896, "patch_size": 14},
+        "gemma3",
+        34,
+        27,
+        896,
+        {
+            "hidden_size": 2560,
+            "intermediate_size": 10240,
+            "num_attention_heads": 8,
+            "num_key_value_heads": 4,
+            "head_dim": 256,
+            "vocab_size": 262208,
+            "sliding_window": 1024,
+            "query_pre_attn_scalar": 256,
+            "max_position_embeddings": 131072,
+            "initializer_range": 0.02,
+        },
+        {
+            "hidden_size": 1152,
+            "intermediate_size": 4304,
+            "num_hidden_layers": 27,
+            "num_attention_heads": 16,
+            "image_size": 896,
+            "patch_size": 14,
+        },
         {"mm_tokens_per_image": 256},
-        {"size": {"height": 896, "width": 896}}, {"image_seq_length": 256},
-        skip=("model.vision_tower", "model.multi_modal_projector", "lm_head"), merger="model.multi_modal_projector"),
+        {"size": {"height": 896, "width": 896}},
+        {"image_seq_length": 256},
+        skip=("model.vision_tower", "model.multi_modal_projector", "lm_head"),
+        merger="model.multi_modal_projector",
+    ),
 }
 
 
@@ -94,8 +163,7 @@ def _sized(arch: Arch, lm_layers: int, vision_layers: int) -> Arch:
     """The architecture with its layer counts cut to the ones measured."""
     text = {**arch.text, "num_hidden_layers": lm_layers}
     if arch.family == "gemma3":  # five sliding-window layers to one global, as released
-        text["layer_types"] = ["full_attention" if (i + 1) % 6 == 0 else "sliding_attention"
-                               for i in range(lm_layers)]
+        text["layer_types"] = ["full_attention" if (i + 1) % 6 == 0 else "sliding_attention" for i in range(lm_layers)]
     elif arch.family == "qwen2_vl":
         text["layer_types"] = ["full_attention"] * lm_layers
     depth = "depth" if "depth" in arch.vision else "num_hidden_layers"
@@ -111,21 +179,28 @@ def build_model(arch: Arch, out: Path) -> None:
     import torch
     from transformers import AutoModelForImageTextToText
 
-    from vlmsurgeon.tiny import _no_zero_matrices, build_config, build_processor, build_tokenizer
-    from vlmsurgeon.tiny_families import FAMILIES
+    from vlmsurgeon.tiny.build import _no_zero_matrices, build_config, build_processor, build_tokenizer
+    from vlmsurgeon.tiny.families import FAMILIES
 
     tiny = FAMILIES[arch.family]
 
     def config(tid: Any, vocab: int) -> dict[str, Any]:
         base = tiny.config(tid, vocab)
-        return {**base, **arch.top, "text_config": {**base["text_config"], **arch.text},
-                "vision_config": {**base["vision_config"], **arch.vision}}
+        return {
+            **base,
+            **arch.top,
+            "text_config": {**base["text_config"], **arch.text},
+            "vision_config": {**base["vision_config"], **arch.vision},
+        }
 
     extra = {k: v for k, v in arch.processor.items() if k != "video_processor_kwargs"}
-    family = replace(tiny, config=config, image_processor_kwargs=arch.image_processor,
-                     processor_kwargs={**tiny.processor_kwargs, **extra},
-                     video_processor_kwargs=arch.processor.get("video_processor_kwargs",
-                                                               tiny.video_processor_kwargs))
+    family = replace(
+        tiny,
+        config=config,
+        image_processor_kwargs=arch.image_processor,
+        processor_kwargs={**tiny.processor_kwargs, **extra},
+        video_processor_kwargs=arch.processor.get("video_processor_kwargs", tiny.video_processor_kwargs),
+    )
     tokenizer = build_tokenizer(family)
     tokenizer.model_max_length = 1 << 20  # byte-level: one token per character of a long answer
     processor = build_processor(family, tokenizer)
@@ -143,9 +218,9 @@ def build_data(model: Path, data: Path, arch: Arch, seq_len: int) -> None:
     """One image and an answer long enough that the row is exactly seq_len tokens."""
     from PIL import Image
 
-    from vlmsurgeon.data import load_dataset_rows
-    from vlmsurgeon.train import load_processor, make_collator
-    from vlmsurgeon.runconfig import RunOptions
+    from vlmsurgeon.data.rows import load_dataset_rows
+    from vlmsurgeon.train.loop import load_processor, make_collator
+    from vlmsurgeon.train.runconfig import RunOptions
 
     data.mkdir(parents=True, exist_ok=True)
     pixels = bytes((i * 7 + (i // arch.image) * 13) % 256 for i in range(arch.image * arch.image * 3))
@@ -154,8 +229,13 @@ def build_data(model: Path, data: Path, arch: Arch, seq_len: int) -> None:
     collator = make_collator(load_processor(str(model), opts)[0], opts)
 
     def write(answer: str) -> int:
-        row = {"messages": [{"role": "user", "content": "<image>Describe the picture."},
-                            {"role": "assistant", "content": answer}], "images": ["img.png"]}
+        row = {
+            "messages": [
+                {"role": "user", "content": "<image>Describe the picture."},
+                {"role": "assistant", "content": answer},
+            ],
+            "images": ["img.png"],
+        }
         (data / "train.jsonl").write_text(json.dumps(row) + "\n")
         return collator.measure(load_dataset_rows(data / "train.jsonl").samples[0]).tokens
 
@@ -171,9 +251,25 @@ def ensure(cache: Path, arch_name: str, lm_layers: int, vision_layers: int, seq_
     root = model_dir(cache, arch_name, lm_layers, vision_layers)
     data = root / f"data-{seq_len}"
     if not (root / "model" / "config.json").is_file() or not (data / "train.jsonl").is_file():
-        subprocess.run([sys.executable, __file__, "--side", "build", "--arch", arch_name, "--cache", str(cache),
-                        "--lm-layers", str(lm_layers), "--vision-layers", str(vision_layers),
-                        "--seq-len", str(seq_len)], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--side",
+                "build",
+                "--arch",
+                arch_name,
+                "--cache",
+                str(cache),
+                "--lm-layers",
+                str(lm_layers),
+                "--vision-layers",
+                str(vision_layers),
+                "--seq-len",
+                str(seq_len),
+            ],
+            check=True,
+        )
     return root / "model", data / "train.jsonl"
 
 
@@ -234,9 +330,9 @@ def run_vlmsurgeon(model: Path, data: Path, args: argparse.Namespace) -> tuple[l
     import torch
     from transformers import TrainerCallback
 
-    import vlmsurgeon.trainer_parts as parts
-    from vlmsurgeon.runconfig import RunOptions
-    from vlmsurgeon.train import finetune
+    import vlmsurgeon.train.trainer as parts
+    from vlmsurgeon.train.loop import finetune
+    from vlmsurgeon.train.runconfig import RunOptions
 
     times: list[float] = []
     marks: dict[str, Any] = {}
@@ -244,8 +340,9 @@ def run_vlmsurgeon(model: Path, data: Path, args: argparse.Namespace) -> tuple[l
     class StepTimer(TrainerCallback):
         def on_train_begin(self, *a: Any, model: Any = None, **k: Any) -> None:
             # what loading and preparing left resident, and its transient high-water mark
-            marks.update(rss_train_begin_mib=status_kib("VmRSS") / 1024,
-                         peak_before_train_mib=status_kib("VmHWM") / 1024)
+            marks.update(
+                rss_train_begin_mib=status_kib("VmRSS") / 1024, peak_before_train_mib=status_kib("VmHWM") / 1024
+            )
             self.phases = PhasePeaks()
             marks["phase_peaks_mib"] = self.phases.peaks
             marks["step_phase_peaks_mib"] = self.phases.steps
@@ -274,9 +371,20 @@ def run_vlmsurgeon(model: Path, data: Path, args: argparse.Namespace) -> tuple[l
 
     parts.make_trainer = make_trainer
     with tempfile.TemporaryDirectory(dir=args.cache) as tmp:
-        finetune(RunOptions(model=str(model), data=str(data), output=str(Path(tmp) / "run"), freeze="vision",
-                            steps=args.warmup + args.steps, seq_len=args.seq_len, batch_size=1, lr=2e-4,
-                            dtype=args.dtype, seed=0))
+        finetune(
+            RunOptions(
+                model=str(model),
+                data=str(data),
+                output=str(Path(tmp) / "run"),
+                freeze="vision",
+                steps=args.warmup + args.steps,
+                seq_len=args.seq_len,
+                batch_size=1,
+                lr=2e-4,
+                dtype=args.dtype,
+                seed=0,
+            )
+        )
     return times, marks
 
 
@@ -286,21 +394,28 @@ def run_baseline(model: Path, data: Path, args: argparse.Namespace) -> tuple[lis
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForImageTextToText, AutoProcessor, BitsAndBytesConfig, set_seed
 
-    from vlmsurgeon.collate import Collator
-    from vlmsurgeon.data import load_dataset_rows
+    from vlmsurgeon.data.collate import Collator
+    from vlmsurgeon.data.rows import load_dataset_rows
 
     arch = ARCHS[args.arch]
     cuda = torch.cuda.is_available()
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
-    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                               bnb_4bit_compute_dtype=dtype, llm_int8_skip_modules=list(arch.skip))
+    quant = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=dtype,
+        llm_int8_skip_modules=list(arch.skip),
+    )
     net = AutoModelForImageTextToText.from_pretrained(model, quantization_config=quant, dtype=dtype)
-    net = prepare_model_for_kbit_training(net, use_gradient_checkpointing=True,
-                                          gradient_checkpointing_kwargs={"use_reentrant": False})
+    net = prepare_model_for_kbit_training(
+        net, use_gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": False}
+    )
     targets = [n for n, m in net.named_modules() if isinstance(m, torch.nn.Linear) and n.startswith(arch.lm_root)]
     set_seed(0)
-    net = get_peft_model(net, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules=targets,
-                                         modules_to_save=[arch.merger]))
+    net = get_peft_model(
+        net, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules=targets, modules_to_save=[arch.merger])
+    )
     batch = Collator(AutoProcessor.from_pretrained(model), args.seq_len)(load_dataset_rows(data).samples)
     device = "cuda" if cuda else "cpu"
     batch = {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
@@ -309,8 +424,10 @@ def run_baseline(model: Path, data: Path, args: argparse.Namespace) -> tuple[lis
     optimizer = torch.optim.AdamW(params, lr=2e-4, weight_decay=0.0)
     net.train()
     times = []
-    marks: dict[str, Any] = {"rss_train_begin_mib": status_kib("VmRSS") / 1024,
-                             "peak_before_train_mib": status_kib("VmHWM") / 1024}
+    marks: dict[str, Any] = {
+        "rss_train_begin_mib": status_kib("VmRSS") / 1024,
+        "peak_before_train_mib": status_kib("VmHWM") / 1024,
+    }
     phases = PhasePeaks()
     marks["phase_peaks_mib"] = phases.peaks
     marks["step_phase_peaks_mib"] = phases.steps
@@ -333,22 +450,31 @@ def run_baseline(model: Path, data: Path, args: argparse.Namespace) -> tuple[lis
 
 
 def _side(args: argparse.Namespace) -> None:
-    import torch  # noqa: F401  (imports first: the RSS after them is the baseline)
     import bitsandbytes  # noqa: F401
     import peft  # noqa: F401
+    import torch  # noqa: F401  (imports first: the RSS after them is the baseline)
     import transformers  # noqa: F401
 
     model, data = Path(args.model), Path(args.data)
     if args.side == "vlmsurgeon":
-        import vlmsurgeon.train  # noqa: F401
-        import vlmsurgeon.trainer_parts  # noqa: F401
+        import vlmsurgeon.train.loop  # noqa: F401
+        import vlmsurgeon.train.trainer  # noqa: F401
     after_imports = status_kib("VmRSS")
     times, marks = (run_vlmsurgeon if args.side == "vlmsurgeon" else run_baseline)(model, data, args)
     # the phases restart VmHWM: the process's peak is the highest of loading's and theirs
-    peaks = [status_kib("VmHWM") / 1024, marks.get("peak_before_train_mib", 0.0),
-             *marks.get("phase_peaks_mib", {}).values()]
-    result = {"side": args.side, "step_s": times[args.warmup:], "all_steps_s": times, **marks,
-              "peak_rss_mib": max(peaks), "rss_after_imports_mib": after_imports / 1024}
+    peaks = [
+        status_kib("VmHWM") / 1024,
+        marks.get("peak_before_train_mib", 0.0),
+        *marks.get("phase_peaks_mib", {}).values(),
+    ]
+    result = {
+        "side": args.side,
+        "step_s": times[args.warmup :],
+        "all_steps_s": times,
+        **marks,
+        "peak_rss_mib": max(peaks),
+        "rss_after_imports_mib": after_imports / 1024,
+    }
     if torch.cuda.is_available():
         result["peak_cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20
     print("RESULT " + json.dumps(result))
@@ -356,9 +482,28 @@ def _side(args: argparse.Namespace) -> None:
 
 def measure(side: str, model: Path, data: Path, args: argparse.Namespace) -> dict[str, Any]:
     """One side in its own process; its stderr (progress) passes through."""
-    cmd = [sys.executable, __file__, "--side", side, "--model", str(model), "--data", str(data),
-           "--arch", args.arch, "--seq-len", str(args.seq_len), "--steps", str(args.steps),
-           "--warmup", str(args.warmup), "--dtype", args.dtype, "--cache", str(args.cache)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--side",
+        side,
+        "--model",
+        str(model),
+        "--data",
+        str(data),
+        "--arch",
+        args.arch,
+        "--seq-len",
+        str(args.seq_len),
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        str(args.warmup),
+        "--dtype",
+        args.dtype,
+        "--cache",
+        str(args.cache),
+    ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     if args.heap == "live":  # every allocation over 1 MiB mapped apart and returned when freed
         env["MALLOC_MMAP_THRESHOLD_"] = str(1 << 20)
@@ -394,11 +539,15 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--dtype", choices=("auto", "bf16", "fp32"), default="auto")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/vlms-bench"))
-    parser.add_argument("--heap", choices=("live", "glibc"), default="glibc",
-                        help="glibc (default): the allocator's defaults, as a user's run has them; RSS then "
-                             "also keeps freed heap. live: each side runs with MALLOC_MMAP_THRESHOLD_=1MiB, so "
-                             "that its RSS follows the tensors alive (every large freed block goes back at "
-                             "once), at the cost of page faults that slow a CPU step")
+    parser.add_argument(
+        "--heap",
+        choices=("live", "glibc"),
+        default="glibc",
+        help="glibc (default): the allocator's defaults, as a user's run has them; RSS then "
+        "also keeps freed heap. live: each side runs with MALLOC_MMAP_THRESHOLD_=1MiB, so "
+        "that its RSS follows the tensors alive (every large freed block goes back at "
+        "once), at the cost of page faults that slow a CPU step",
+    )
     parser.add_argument("--side", choices=("vlmsurgeon", "baseline", "build"), help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
@@ -417,18 +566,23 @@ def main() -> None:
         return _side(args)
     args.dtype, why = resolve_dtype(args.dtype)
     model, data = ensure(args.cache, args.arch, args.lm_layers, args.vision_layers, args.seq_len)
-    print(f"{args.arch} (published sizes, random weights), LM {args.lm_layers} of {ARCHS[args.arch].lm_layers} "
-          f"layers in NF4, vision {args.vision_layers} of {ARCHS[args.arch].vision_layers} layers, --freeze vision, "
-          f"seq {args.seq_len}, batch 1, one {ARCHS[args.arch].image}px image; dtype {args.dtype} ({why}); "
-          f"{args.warmup} warm-up + {args.steps} timed step(s); heap {args.heap}; "
-          f"load average {os.getloadavg()[0]:.1f}", flush=True)
+    print(
+        f"{args.arch} (published sizes, random weights), LM {args.lm_layers} of {ARCHS[args.arch].lm_layers} "
+        f"layers in NF4, vision {args.vision_layers} of {ARCHS[args.arch].vision_layers} layers, --freeze vision, "
+        f"seq {args.seq_len}, batch 1, one {ARCHS[args.arch].image}px image; dtype {args.dtype} ({why}); "
+        f"{args.warmup} warm-up + {args.steps} timed step(s); heap {args.heap}; "
+        f"load average {os.getloadavg()[0]:.1f}",
+        flush=True,
+    )
     sides = {side: measure(side, model, data, args) for side in ("baseline", "vlmsurgeon")}
     key = "peak_cuda_mib" if "peak_cuda_mib" in sides["baseline"] else "peak_rss_mib"
     for side, r in sides.items():
         mean = sum(r["step_s"]) / len(r["step_s"])
         r["mean_step_s"] = mean
-        print(f"{side:10s} peak {r[key]:8.0f} MiB ({key}; RSS after imports {r['rss_after_imports_mib']:.0f} MiB)"
-              f"  mean step {mean:8.2f} s  steps {[round(s, 2) for s in r['all_steps_s']]}")
+        print(
+            f"{side:10s} peak {r[key]:8.0f} MiB ({key}; RSS after imports {r['rss_after_imports_mib']:.0f} MiB)"
+            f"  mean step {mean:8.2f} s  steps {[round(s, 2) for s in r['all_steps_s']]}"
+        )
     ratio = sides["vlmsurgeon"][key] / sides["baseline"][key]
     step = sides["vlmsurgeon"]["mean_step_s"] / sides["baseline"]["mean_step_s"]
     print(f"peak memory ratio {ratio:.2f} (vlmsurgeon/baseline), step time ratio {step:.2f}")

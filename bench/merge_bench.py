@@ -43,7 +43,7 @@ def build(work: Path, hidden: int, layers: int) -> tuple[Path, int]:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from vlmsurgeon.tiny import build_tiny
+    from vlmsurgeon.tiny.build import build_tiny
 
     small = build_tiny("qwen2_vl", work / "small")
     config = AutoModelForImageTextToText.from_pretrained(small).config
@@ -74,8 +74,9 @@ def build(work: Path, hidden: int, layers: int) -> tuple[Path, int]:
 
 def timed(code: str, adapter: Path, out: Path) -> tuple[float, int]:
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", code, str(adapter), str(out)], capture_output=True, text=True,
-                          cwd=ROOT, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(adapter), str(out)], capture_output=True, text=True, cwd=ROOT, check=True
+    )
     wall = time.perf_counter() - start
     return wall, json.loads(proc.stdout.strip().splitlines()[-1])["peak_rss"]
 
@@ -100,8 +101,10 @@ def main() -> None:
     print("|---|---|---|---|")
     print(f"| wall time (best of 2) | {wo:.1f} s | {wp:.1f} s | {wo / wp:.2f} |")
     print(f"| peak RSS (worst of 2) | {ro / gib:.2f} GiB | {rp / gib:.2f} GiB | {ro / rp:.2f} |")
-    print(f"\nwall ratio {wo / wp:.2f} (goal <= 1.0: {'met' if wo / wp <= 1.0 else 'MISSED'}); "
-          f"RSS ratio {ro / rp:.2f} (goal <= 0.5: {'met' if ro / rp <= 0.5 else 'MISSED'})")
+    print(
+        f"\nwall ratio {wo / wp:.2f} (goal <= 1.0: {'met' if wo / wp <= 1.0 else 'MISSED'}); "
+        f"RSS ratio {ro / rp:.2f} (goal <= 0.5: {'met' if ro / rp <= 0.5 else 'MISSED'})"
+    )
 
 
 if __name__ == "__main__":

@@ -16,9 +16,12 @@ def main() -> None:
     print("|---|---|---|---|")
     results = {}
     for preset in ("lm-lora", "per-modality-lora"):
-        results[preset] = compare(f"`plan --preset {preset} --json` vs `inspect --json`, 235B MoE",
-                                  [str(BIN), "plan", str(CONFIG), "--preset", preset, "--json"],
-                                  [str(BIN), "inspect", str(CONFIG), "--json"], runs)
+        results[preset] = compare(
+            f"`plan --preset {preset} --json` vs `inspect --json`, 235B MoE",
+            [str(BIN), "plan", str(CONFIG), "--preset", preset, "--json"],
+            [str(BIN), "inspect", str(CONFIG), "--json"],
+            runs,
+        )
     worst = max(p / i for p, i in results.values())
     print(f"\nworst ratio {worst:.2f}x (goal <= 1.5x: {'met' if worst <= 1.5 else 'MISSED'})")
 

@@ -34,33 +34,46 @@ ARCHS = ("qwen2_vl", "llava", "gemma3")
 
 
 def image_tokens(model: Path, data: Path) -> int:
-    from vlmsurgeon.collate import Collator
-    from vlmsurgeon.data import load_dataset_rows
-    from vlmsurgeon.train import load_processor
-    from vlmsurgeon.runconfig import RunOptions
+    from vlmsurgeon.data.collate import Collator
+    from vlmsurgeon.data.rows import load_dataset_rows
+    from vlmsurgeon.train.loop import load_processor
+    from vlmsurgeon.train.runconfig import RunOptions
 
     processor = load_processor(str(model), RunOptions(model=str(model)))[0]
     return Collator(processor, 1 << 20).measure(load_dataset_rows(data).samples[0]).image_tokens
 
 
 def plan_cli(model: Path, seq_len: int, tokens: int) -> dict[str, Any]:
-    cmd = [str(Path(sys.executable).with_name("vlmsurgeon")), "plan", str(model), "--freeze", "vision",
-           "--seq-len", str(seq_len), "--batch-size", "1", "--image-tokens", str(tokens), "--json"]
+    cmd = [
+        str(Path(sys.executable).with_name("vlmsurgeon")),
+        "plan",
+        str(model),
+        "--freeze",
+        "vision",
+        "--seq-len",
+        str(seq_len),
+        "--batch-size",
+        "1",
+        "--image-tokens",
+        str(tokens),
+        "--json",
+    ]
     return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)["memory"]
 
 
 def plan_fp32(model: Path, seq_len: int, tokens: int) -> dict[str, Any] | None:
     """The same estimate with every 2-byte (bf16) price at 4 bytes: what the formula says for an
     fp32 run. None when memory.py no longer has that constant."""
-    import vlmsurgeon.memory as memory
-    from vlmsurgeon.plan import PlanSettings, plan_model
+    import vlmsurgeon.plan.memory as memory
+    from vlmsurgeon.plan.plan import PlanSettings, plan_model
 
     if not hasattr(memory, "HALF"):
         return None
     saved, memory.HALF = memory.HALF, 4
     try:
-        result = plan_model(str(model), freeze="vision",
-                            settings=PlanSettings(seq_len=seq_len, batch_size=1, image_tokens=tokens))
+        result = plan_model(
+            str(model), freeze="vision", settings=PlanSettings(seq_len=seq_len, batch_size=1, image_tokens=tokens)
+        )
         return result.memory.to_json()
     finally:
         memory.HALF = saved
@@ -74,8 +87,24 @@ def one(arch: str, args: argparse.Namespace) -> dict[str, Any]:
     vision = max(args.vision_layers, 2) if arch == "llava" else args.vision_layers  # feature layer -2
     model, data = mb.ensure(args.cache, arch, args.lm_layers, vision, args.seq_len)
     tokens = image_tokens(model, data)
-    side = mb.parse(["--arch", arch, "--seq-len", str(args.seq_len), "--steps", "1", "--warmup", "1",
-                     "--dtype", args.dtype, "--cache", str(args.cache), "--heap", args.heap])
+    side = mb.parse(
+        [
+            "--arch",
+            arch,
+            "--seq-len",
+            str(args.seq_len),
+            "--steps",
+            "1",
+            "--warmup",
+            "1",
+            "--dtype",
+            args.dtype,
+            "--cache",
+            str(args.cache),
+            "--heap",
+            args.heap,
+        ]
+    )
     measured = mb.measure("vlmsurgeon", model, data, side)
     cuda = "peak_cuda_mib" in measured
     estimate = plan_cli(model, args.seq_len, tokens)
@@ -86,9 +115,16 @@ def one(arch: str, args: argparse.Namespace) -> dict[str, Any]:
     steady = max(steps[-1].values(), default=measured["peak_rss_mib"])
     peak = measured["peak_cuda_mib"] if cuda else steady - measured["rss_after_imports_mib"]
     peak_bytes = peak * 2**20
-    row = {"arch": arch, "lm_layers": args.lm_layers, "vision_layers": vision, "image_tokens": tokens,
-           "plan_bf16": estimate, "plan_compared": compared, "measured": measured,
-           "measured_bytes": peak_bytes}
+    row = {
+        "arch": arch,
+        "lm_layers": args.lm_layers,
+        "vision_layers": vision,
+        "image_tokens": tokens,
+        "plan_bf16": estimate,
+        "plan_compared": compared,
+        "measured": measured,
+        "measured_bytes": peak_bytes,
+    }
     if compared is not None:
         row["error_pct"] = 100 * (compared["total"] - peak_bytes) / peak_bytes
     return row
@@ -96,23 +132,30 @@ def one(arch: str, args: argparse.Namespace) -> dict[str, Any]:
 
 def report(row: dict[str, Any]) -> None:
     est, m = row["plan_compared"], row["measured"]
-    print(f"\n{row['arch']}: LM {row['lm_layers']} layers, vision {row['vision_layers']}, "
-          f"{row['image_tokens']} image tokens")
+    print(
+        f"\n{row['arch']}: LM {row['lm_layers']} layers, vision {row['vision_layers']}, "
+        f"{row['image_tokens']} image tokens"
+    )
     print(f"  plan (bf16, as the CLI prints) total {mib(row['plan_bf16']['total'])} MiB")
     if est is None:
         print("  no fp32 figure (memory.HALF is gone): compare by hand")
         return
-    parts = ", ".join(f"{k} {mib(est[k])}" for k in ("weights", "adapters", "gradients", "optimizer",
-                                                     "activations", "logits", "backward") if k in est)
+    parts = ", ".join(
+        f"{k} {mib(est[k])}"
+        for k in ("weights", "adapters", "gradients", "optimizer", "activations", "logits", "backward")
+        if k in est
+    )
     print(f"  plan as run: {parts}; total {mib(est['total'])} MiB")
     loaded = m.get("rss_train_begin_mib", 0) - m["rss_after_imports_mib"]
     base = m["rss_after_imports_mib"]
     for i, step in enumerate(m.get("step_phase_peaks_mib", [])):
         phases = "; ".join(f"{k} +{v - base:,.0f}" for k, v in step.items())
         print(f"  step {i + 1} phase peaks: {phases}")
-    print(f"  measured: after imports {base:,.0f} MiB; loaded+prepared +{loaded:,.0f}; "
-          f"loading's high-water +{m.get('peak_before_train_mib', 0) - base:,.0f} (not compared); "
-          f"step 2's peak +{mib(row['measured_bytes'])} MiB")
+    print(
+        f"  measured: after imports {base:,.0f} MiB; loaded+prepared +{loaded:,.0f}; "
+        f"loading's high-water +{m.get('peak_before_train_mib', 0) - base:,.0f} (not compared); "
+        f"step 2's peak +{mib(row['measured_bytes'])} MiB"
+    )
     print(f"  error {row['error_pct']:+.1f} % (plan vs measured; goal within ±15 %)")
 
 

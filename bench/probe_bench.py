@@ -17,12 +17,17 @@ def main() -> None:
     print("|---|---|---|---|")
     worst = 0.0
     for preset in ("lm-lora", "per-modality-lora", "full"):
-        probe, plan = compare(f"`plan --preset {preset} --probe --json` vs `plan --json`, 235B MoE",
-                              [str(BIN), "plan", str(CONFIG), "--preset", preset, "--probe", "--json"],
-                              [str(BIN), "plan", str(CONFIG), "--preset", preset, "--json"], runs)
+        probe, plan = compare(
+            f"`plan --preset {preset} --probe --json` vs `plan --json`, 235B MoE",
+            [str(BIN), "plan", str(CONFIG), "--preset", preset, "--probe", "--json"],
+            [str(BIN), "plan", str(CONFIG), "--preset", preset, "--json"],
+            runs,
+        )
         worst = max(worst, probe - plan)
-    print(f"\nlongest probe (difference of the medians) {worst:.1f} s "
-          f"(goal < 60 s on the CPU: {'met' if worst < 60 else 'MISSED'})")
+    print(
+        f"\nlongest probe (difference of the medians) {worst:.1f} s "
+        f"(goal < 60 s on the CPU: {'met' if worst < 60 else 'MISSED'})"
+    )
 
 
 if __name__ == "__main__":

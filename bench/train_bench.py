@@ -26,7 +26,7 @@ def build(workdir: Path, hidden: int, layers: int) -> Path:
     import torch
     from transformers import AutoConfig, AutoModelForImageTextToText
 
-    from vlmsurgeon.tiny import build_tiny
+    from vlmsurgeon.tiny.build import build_tiny
 
     path = build_tiny("qwen2_vl", workdir / "model")
     config = AutoConfig.from_pretrained(path)
@@ -39,8 +39,11 @@ def build(workdir: Path, hidden: int, layers: int) -> Path:
     config.vision_config.hidden_size = hidden
     torch.manual_seed(0)
     AutoModelForImageTextToText.from_config(config).save_pretrained(path)
-    subprocess.run([sys.executable, str(ROOT / "examples" / "make_shapes.py"), str(workdir / "data")],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "make_shapes.py"), str(workdir / "data")],
+        check=True,
+        capture_output=True,
+    )
     return path
 
 
@@ -50,15 +53,24 @@ def peak_rss_mib() -> float:
 
 
 def run_ours(model: Path, data: Path, out: Path, steps: int) -> dict:
-    from vlmsurgeon.runconfig import RunOptions
-    from vlmsurgeon.train import finetune
+    from vlmsurgeon.train.loop import finetune
+    from vlmsurgeon.train.runconfig import RunOptions
 
-    opts = RunOptions(model=str(model), data=str(data), output=str(out), freeze="vision", steps=steps,
-                      lr=1e-4, batch_size=2, seq_len=512, seed=0)
+    opts = RunOptions(
+        model=str(model),
+        data=str(data),
+        output=str(out),
+        freeze="vision",
+        steps=steps,
+        lr=1e-4,
+        batch_size=2,
+        seq_len=512,
+        seed=0,
+    )
     finetune(opts)
     logs = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     stamps = [r["elapsed_s"] for r in logs if "loss" in r]
-    return {"steps": [b - a for a, b in zip(stamps, stamps[1:])]}
+    return {"steps": [b - a for a, b in zip(stamps, stamps[1:], strict=False)]}
 
 
 def run_baseline(model: Path, data: Path, steps: int) -> dict:
@@ -67,20 +79,32 @@ def run_baseline(model: Path, data: Path, steps: int) -> dict:
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForImageTextToText, AutoProcessor, BitsAndBytesConfig, set_seed
 
-    from vlmsurgeon.collate import Collator
-    from vlmsurgeon.data import load_dataset_rows
+    from vlmsurgeon.data.collate import Collator
+    from vlmsurgeon.data.rows import load_dataset_rows
 
     set_seed(0)
     cuda = torch.cuda.is_available()
     dtype = torch.bfloat16 if cuda else torch.float32
-    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                               bnb_4bit_compute_dtype=dtype, llm_int8_skip_modules=["model.visual", "lm_head"])
+    quant = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=dtype,
+        llm_int8_skip_modules=["model.visual", "lm_head"],
+    )
     net = AutoModelForImageTextToText.from_pretrained(model, quantization_config=quant, dtype=dtype)
-    net = prepare_model_for_kbit_training(net, use_gradient_checkpointing=True,
-                                          gradient_checkpointing_kwargs={"use_reentrant": False})
-    targets = [n for n, m in net.named_modules() if isinstance(m, torch.nn.Linear) and n.startswith("model.language_model.")]
-    net = get_peft_model(net, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules=targets,
-                                         modules_to_save=["model.visual.merger"]))
+    net = prepare_model_for_kbit_training(
+        net, use_gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": False}
+    )
+    targets = [
+        n for n, m in net.named_modules() if isinstance(m, torch.nn.Linear) and n.startswith("model.language_model.")
+    ]
+    net = get_peft_model(
+        net,
+        LoraConfig(
+            r=16, lora_alpha=32, lora_dropout=0.05, target_modules=targets, modules_to_save=["model.visual.merger"]
+        ),
+    )
     collate = Collator(AutoProcessor.from_pretrained(model), 512)
     samples = load_dataset_rows(data).samples
     params = [p for p in net.parameters() if p.requires_grad]
@@ -90,7 +114,7 @@ def run_baseline(model: Path, data: Path, steps: int) -> dict:
     net.train()
     times = []
     generator = torch.Generator().manual_seed(0)
-    for step in range(steps):
+    for _step in range(steps):
         start = time.perf_counter()
         order = torch.randperm(len(samples), generator=generator)[:2].tolist()
         batch = {k: v.to(device) if hasattr(v, "to") else v for k, v in collate([samples[i] for i in order]).items()}
@@ -133,10 +157,23 @@ def main() -> None:
         model = build(work, args.hidden, args.layers)
         results = {}
         for kind in ("baseline", "ours", "baseline", "ours"):  # interleaved, two rounds
-            proc = subprocess.run([sys.executable, __file__, "--steps", str(args.steps), "--child", kind,
-                                   str(model), str(work / "data" / "train.jsonl"), str(work / f"run-{time.time_ns()}")],
-                                  capture_output=True, text=True, check=True)
-            line = next(l for l in proc.stdout.splitlines() if l.startswith("RESULT "))
+            proc = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--steps",
+                    str(args.steps),
+                    "--child",
+                    kind,
+                    str(model),
+                    str(work / "data" / "train.jsonl"),
+                    str(work / f"run-{time.time_ns()}"),
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            line = next(out for out in proc.stdout.splitlines() if out.startswith("RESULT "))
             data = json.loads(line[7:])
             entry = results.setdefault(kind, {"steps": [], "peak_rss_mib": [], "peak_gpu_mib": []})
             entry["steps"] += data["steps"][2:]
@@ -146,8 +183,10 @@ def main() -> None:
     ours, base = results["ours"], results["baseline"]
     step_o, step_b = statistics.median(ours["steps"]), statistics.median(base["steps"])
     rss_o, rss_b = max(ours["peak_rss_mib"]), max(base["peak_rss_mib"])
-    print(f"qwen2_vl-shaped random model, LM hidden {args.hidden} × {args.layers} layers, 4-bit NF4 LM, "
-          f"--freeze vision, batch 2, {args.steps} steps × 2 rounds\n")
+    print(
+        f"qwen2_vl-shaped random model, LM hidden {args.hidden} × {args.layers} layers, 4-bit NF4 LM, "
+        f"--freeze vision, batch 2, {args.steps} steps × 2 rounds\n"
+    )
     print("| measurement | vlmsurgeon finetune | hand-written loop | ratio |")
     print("|---|---|---|---|")
     print(f"| median step time | {step_o * 1000:.1f} ms | {step_b * 1000:.1f} ms | {step_o / step_b:.3f} |")

@@ -19,13 +19,23 @@ from PIL import Image, ImageDraw
 COLOURS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 70, 220), "yellow": (230, 200, 30)}
 SHAPES = ("circle", "square", "triangle")
 # held out: per colour x shape, (shade shift, background, dx, dy), cycled in a fixed order
-HELD_OUT = ((-25, (245, 245, 240), 2, -2), (20, (235, 240, 245), -2, 2), (-15, (240, 240, 240), 3, 1),
-            (15, (250, 245, 235), -1, -3))
+HELD_OUT = (
+    (-25, (245, 245, 240), 2, -2),
+    (20, (235, 240, 245), -2, 2),
+    (-15, (240, 240, 240), 3, 1),
+    (15, (250, 245, 235), -1, -3),
+)
 PROMPT = "What is in the picture?"
 
 
-def draw(shape: str, rgb: tuple[int, int, int], size: int = 64, background: tuple[int, int, int] = (255, 255, 255),
-         dx: int = 0, dy: int = 0) -> Image.Image:
+def draw(
+    shape: str,
+    rgb: tuple[int, int, int],
+    size: int = 64,
+    background: tuple[int, int, int] = (255, 255, 255),
+    dx: int = 0,
+    dy: int = 0,
+) -> Image.Image:
     image = Image.new("RGB", (size, size), background)
     pen = ImageDraw.Draw(image)
     box = [size // 6 + dx, size // 6 + dy, size - size // 6 + dx, size - size // 6 + dy]
@@ -40,10 +50,14 @@ def draw(shape: str, rgb: tuple[int, int, int], size: int = 64, background: tupl
 
 def row(name: str, answer: str, fmt: str) -> dict:
     if fmt == "messages":
-        return {"messages": [{"role": "user", "content": f"<image>{PROMPT}"},
-                             {"role": "assistant", "content": answer}], "images": [name]}
-    return {"conversations": [{"from": "human", "value": f"<image>\n{PROMPT}"}, {"from": "gpt", "value": answer}],
-            "image": name}
+        return {
+            "messages": [{"role": "user", "content": f"<image>{PROMPT}"}, {"role": "assistant", "content": answer}],
+            "images": [name],
+        }
+    return {
+        "conversations": [{"from": "human", "value": f"<image>\n{PROMPT}"}, {"from": "gpt", "value": answer}],
+        "image": name,
+    }
 
 
 def main() -> None:
@@ -62,8 +76,9 @@ def main() -> None:
             rows.append(row(name, answer, args.format))
             shift, background, dx, dy = HELD_OUT[(c + s) % len(HELD_OUT)]
             name = f"eval/{colour}_{shape}.png"
-            draw(shape, tuple(min(255, max(0, v + shift)) for v in rgb), background=background, dx=dx, dy=dy
-                 ).save(args.out / name)
+            draw(shape, tuple(min(255, max(0, v + shift)) for v in rgb), background=background, dx=dx, dy=dy).save(
+                args.out / name
+            )
             held_out.append(row(name, answer, args.format))
     (args.out / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (args.out / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in held_out))

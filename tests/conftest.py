@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory):
     """tiny_models(family) -> directory with a tiny saved model, built once per session."""
-    from vlmsurgeon.tiny import build_tiny
+    from vlmsurgeon.tiny.build import build_tiny
 
     base = tmp_path_factory.mktemp("tiny")
     cache: dict[str, Path] = {}
@@ -38,15 +38,16 @@ def tiny_models(tmp_path_factory):
 def shapes(tmp_path_factory) -> Path:
     """The synthetic shapes dataset (examples/make_shapes.py): its train.jsonl."""
     out = tmp_path_factory.mktemp("shapes")
-    subprocess.run([sys.executable, str(ROOT / "examples" / "make_shapes.py"), str(out)], check=True,
-                   capture_output=True)
+    subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "make_shapes.py"), str(out)], check=True, capture_output=True
+    )
     return out / "train.jsonl"
 
 
 @pytest.fixture
 def cli(monkeypatch, capsys):
     """cli(*args) -> (exit_code, stdout, stderr), running the real entry point in-process."""
-    from vlmsurgeon.cli import main
+    from vlmsurgeon.cli.app import main
 
     def run(*args: str) -> tuple[int, str, str]:
         monkeypatch.setattr(sys, "argv", ["vlmsurgeon", *map(str, args)])
@@ -77,8 +78,10 @@ def unknown_model(directory: Path, model_type: str, auto_map: bool, config: dict
 
     config = {**(config or {}), "model_type": model_type}
     if auto_map:
-        config["auto_map"] = {"AutoConfig": "configuration_x.XConfig",
-                              "AutoModelForImageTextToText": "modeling_x.XForConditionalGeneration"}
+        config["auto_map"] = {
+            "AutoConfig": "configuration_x.XConfig",
+            "AutoModelForImageTextToText": "modeling_x.XForConditionalGeneration",
+        }
     directory.mkdir(parents=True)
     (directory / "config.json").write_text(json.dumps(config))
     return directory

@@ -20,8 +20,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def shapes_data(directory: Path) -> Path:
     if not (directory / "train.jsonl").is_file():
-        subprocess.run([sys.executable, str(ROOT / "examples" / "make_shapes.py"), str(directory)],
-                       check=True, capture_output=True)
+        subprocess.run(
+            [sys.executable, str(ROOT / "examples" / "make_shapes.py"), str(directory)], check=True, capture_output=True
+        )
     return directory / "train.jsonl"
 
 
@@ -32,8 +33,10 @@ def lm_linear_kinds(applied) -> dict[str, set[bool]]:
 
     model = applied.model.get_base_model() if hasattr(applied.model, "get_base_model") else applied.model
     # transformers keeps these in fp32 on purpose (e.g. Mistral Large 4's indexer.weights_proj)
-    keep = [*(getattr(model, "_keep_in_fp32_modules", None) or []),
-            *(getattr(model, "_keep_in_fp32_modules_strict", None) or [])]
+    keep = [
+        *(getattr(model, "_keep_in_fp32_modules", None) or []),
+        *(getattr(model, "_keep_in_fp32_modules_strict", None) or []),
+    ]
     kinds: dict[str, set[bool]] = {}
     for name, module in applied.model.named_modules():
         if ".lora_" in name or ".base_layer" in name or any(k in name.split(".") or name.endswith(k) for k in keep):
@@ -50,22 +53,30 @@ def run_chain(family: str, work: Path, data: Path) -> dict[str, object]:
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from vlmsurgeon.collate import Collator
-    from vlmsurgeon.data import load_dataset_rows
-    from vlmsurgeon.merge import MergePlan, load_trained, merge
-    from vlmsurgeon.runconfig import RunOptions
-    from vlmsurgeon.tiny import build_tiny, video_placeholder
-    from vlmsurgeon.tiny_families import FAMILIES
-    from vlmsurgeon.train import finetune
-    from vlmsurgeon.verify import verify
+    from vlmsurgeon.data.collate import Collator
+    from vlmsurgeon.data.rows import load_dataset_rows
+    from vlmsurgeon.ship.merge import MergePlan, load_trained, merge
+    from vlmsurgeon.ship.verify import verify
+    from vlmsurgeon.tiny.build import build_tiny, video_placeholder
+    from vlmsurgeon.tiny.families import FAMILIES
+    from vlmsurgeon.train.loop import finetune
+    from vlmsurgeon.train.runconfig import RunOptions
 
     facts: dict[str, object] = {}
     step = "tiny"
     try:
         model_dir = build_tiny(family, work / "model")
         step = "finetune"
-        options = dict(model=str(model_dir), data=str(data), output=str(work / "run"), freeze="vision",
-                       steps=2, batch_size=2, seq_len=1024, lr=1e-3)
+        options = dict(
+            model=str(model_dir),
+            data=str(data),
+            output=str(work / "run"),
+            freeze="vision",
+            steps=2,
+            batch_size=2,
+            seq_len=1024,
+            lr=1e-3,
+        )
         options.update(_refused_then_fixed(family, options))
         facts.update(options.pop("facts", {}))
         result = finetune(RunOptions(**options))
@@ -114,9 +125,9 @@ def _refused_then_fixed(family: str, options: dict[str, object]) -> dict[str, ob
     """A family with a known blocker must be refused up front on the default path (one line, before
     any weight loads); when the blocker names a setting that avoids it, the chain runs with it."""
     from vlmsurgeon.errors import BadInput
-    from vlmsurgeon.runconfig import RunOptions
-    from vlmsurgeon.support import UNSUPPORTED
-    from vlmsurgeon.train import finetune
+    from vlmsurgeon.model.support import UNSUPPORTED
+    from vlmsurgeon.train.loop import finetune
+    from vlmsurgeon.train.runconfig import RunOptions
 
     blocker = UNSUPPORTED.get(family)
     if blocker is None:
@@ -145,16 +156,25 @@ def _video_forward(model, processor, folder: Path) -> int:
     import torch
 
     from tests.test_formats import write_video
-    from vlmsurgeon.collate import Collator
-    from vlmsurgeon.data import load_dataset_rows
-    from vlmsurgeon.datacheck import check_rows
+    from vlmsurgeon.data.check import check_rows
+    from vlmsurgeon.data.collate import Collator
+    from vlmsurgeon.data.rows import load_dataset_rows
 
     clip = folder / "clip.mp4"
     if not clip.is_file():
         write_video(clip, frames=8)
-        (folder / "video.jsonl").write_text(json.dumps({"messages": [
-            {"role": "user", "content": "<video>What moves?"}, {"role": "assistant", "content": "A red bar."}],
-            "videos": ["clip.mp4"]}) + "\n")
+        (folder / "video.jsonl").write_text(
+            json.dumps(
+                {
+                    "messages": [
+                        {"role": "user", "content": "<video>What moves?"},
+                        {"role": "assistant", "content": "A red bar."},
+                    ],
+                    "videos": ["clip.mp4"],
+                }
+            )
+            + "\n"
+        )
     collator = Collator(processor, 8192, video_frames=4)
     report, rows = check_rows(load_dataset_rows(folder / "video.jsonl"), collator)
     if not rows:
@@ -194,7 +214,7 @@ def main() -> None:
     import warnings
 
     warnings.filterwarnings("ignore")
-    from vlmsurgeon.tiny_families import FAMILIES
+    from vlmsurgeon.tiny.families import FAMILIES
 
     families = sys.argv[1:] or sorted(FAMILIES)
     passed, failed = sweep(families)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import concurrent.futures as cf
 import json
-import os
 import re
 import shutil
 import struct
@@ -29,9 +28,9 @@ import tempfile
 import time
 import xml.etree.ElementTree as ET
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
 
 ROOT = Path(__file__).resolve().parent.parent
 EXE = ROOT / ".venv" / "bin" / "vlmsurgeon"
@@ -39,8 +38,11 @@ PY = ROOT / ".venv" / "bin" / "python"
 ENV = {"HF_HUB_OFFLINE": "1"}  # and nothing else
 ERROR_LINE = re.compile(r"^vlmsurgeon: error: \S.* \(try: .+\)$")
 # lines that betray a third-party library talking on stderr
-THIRD_PARTY = re.compile(r"Warning|warnings\.warn|Failed to load|gemm_4bit|bitsandbytes|it/s\]|s/it\]|\d+%\|"
-                         r"|^\s*File \"|torch|transformers|huggingface|tqdm|Loading|Fetching|Writing", re.I)
+THIRD_PARTY = re.compile(
+    r"Warning|warnings\.warn|Failed to load|gemm_4bit|bitsandbytes|it/s\]|s/it\]|\d+%\|"
+    r"|^\s*File \"|torch|transformers|huggingface|tqdm|Loading|Fetching|Writing",
+    re.I,
+)
 PER_CASE_TIMEOUT = 120
 
 
@@ -49,7 +51,7 @@ class Case:
     name: str
     argv: list[str]
     expect: set[int]
-    stdin: Optional[str] = None  # None: stdin closed (/dev/null)
+    stdin: str | None = None  # None: stdin closed (/dev/null)
     # how stderr is judged:
     #   "error"  : exactly one `vlmsurgeon: error: … (try: …)` line, nothing else (exit 1/2/3)
     #   "report" : exit 1 of `data check`: the report on stdout, one error line on stderr
@@ -58,12 +60,12 @@ class Case:
     mode: str = "auto"
     allow_errors: bool = False  # chat: a refused turn says its error and the session goes on
     extra_ok: tuple[str, ...] = ()  # stderr line prefixes of our own that are fine (banners, progress)
-    out: Optional[str] = None  # -o path (relative to the sweep dir): must not exist after a refusal
-    junit: Optional[str] = None  # --junit path: must exist and parse as XML afterwards
+    out: str | None = None  # -o path (relative to the sweep dir): must not exist after a refusal
+    junit: str | None = None  # --junit path: must exist and parse as XML afterwards
     stderr_has: tuple[str, ...] = ()  # substrings the stderr must contain
     stderr_lacks: tuple[str, ...] = ()
     stdout_has: tuple[str, ...] = ()
-    check: Optional[Callable[["Result", Path], list[str]]] = None
+    check: Callable[[Result, Path], list[str]] | None = None
 
 
 @dataclass
@@ -86,8 +88,12 @@ def _png(width: int = 32, height: int = 32, rgb: tuple[int, int, int] = (200, 30
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(raw))
+        + chunk(b"IEND", b"")
+    )
 
 
 def _run_fixture(argv: list[str], cwd: Path) -> None:
@@ -100,7 +106,7 @@ def _jsonl(path: Path, rows: list[object]) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
-def _row(user: str, answer: str = "A red circle.", images: Optional[list[object]] = None) -> dict:
+def _row(user: str, answer: str = "A red circle.", images: list[object] | None = None) -> dict:
     row: dict = {"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]}
     if images is not None:
         row["images"] = images
@@ -110,13 +116,31 @@ def _row(user: str, answer: str = "A red circle.", images: Optional[list[object]
 def build_fixtures(d: Path) -> None:
     t0 = time.time()
     with cf.ThreadPoolExecutor(2) as pool:
-        jobs = [pool.submit(_run_fixture, [str(EXE), "tiny", "qwen2_vl", "-o", "qwen"], d),
-                pool.submit(_run_fixture, [str(EXE), "tiny", "llava", "-o", "llava"], d)]
+        jobs = [
+            pool.submit(_run_fixture, [str(EXE), "tiny", "qwen2_vl", "-o", "qwen"], d),
+            pool.submit(_run_fixture, [str(EXE), "tiny", "llava", "-o", "llava"], d),
+        ]
         _run_fixture([str(PY), str(ROOT / "examples" / "make_shapes.py"), "shapes"], d)
         for job in jobs:
             job.result()
-    _run_fixture([str(EXE), "finetune", "qwen", "--data", "shapes/train.jsonl", "--freeze", "vision",
-                  "-o", "run", "--steps", "1", "--seq-len", "512"], d)
+    _run_fixture(
+        [
+            str(EXE),
+            "finetune",
+            "qwen",
+            "--data",
+            "shapes/train.jsonl",
+            "--freeze",
+            "vision",
+            "-o",
+            "run",
+            "--steps",
+            "1",
+            "--seq-len",
+            "512",
+        ],
+        d,
+    )
 
     good_png = (d / "shapes" / "img" / "red_circle.png").read_bytes()
     img = d / "img"
@@ -157,17 +181,34 @@ def build_fixtures(d: Path) -> None:
     _jsonl(data / "text_img.jsonl", [_row("<image>What?", images=[str(img / "text.png")])])
     _jsonl(data / "dir_img.jsonl", [_row("<image>What?", images=[str(img / "dir.png")])])
     _jsonl(data / "images_str.jsonl", [_row("<image>What?", images=good)])  # type: ignore[arg-type]
-    _jsonl(data / "mixed.jsonl", [_row("<image>What is it?", images=[good]), _row("<image>What?", images=[{"bytes": 123}])])
-    _jsonl(data / "role_bad.jsonl", [{"messages": [{"role": "wizard", "content": "x"}, {"role": "assistant", "content": "y"}]}])
-    _jsonl(data / "content_int.jsonl", [{"messages": [{"role": "user", "content": 5}, {"role": "assistant", "content": 7}]}])
-    kinds = [_row("<image>What is it?", images=[good]),  # the one good row
-             _row("<image><image>Which?", images=[good]), _row("<image>Which?", images=[good, good]),
-             _row("<image>What?", images=[{"bytes": 123}]), _row("<image>What?", images=[{"bytes": "not base64 !!"}]),
-             _row("<image>What?", images=[{"url": "x"}]), _row("<image>What?", images=["img/nope.png"]),
-             _row("<image>What?", images=[str(img / "truncated.png")]), _row("<image>What?", images=[str(img / "text.png")]),
-             _row("<image>What?", images=[str(img / "dir.png")]), _row("<image>What?", images=[str(img / "empty.png")]),
-             {"messages": "hello"}, [1, 2], {"messages": [{"role": "user", "content": 5}, {"role": "assistant", "content": 7}]},
-             {"messages": [{"role": "wizard", "content": "x"}, {"role": "assistant", "content": "y"}]}]
+    _jsonl(
+        data / "mixed.jsonl", [_row("<image>What is it?", images=[good]), _row("<image>What?", images=[{"bytes": 123}])]
+    )
+    _jsonl(
+        data / "role_bad.jsonl",
+        [{"messages": [{"role": "wizard", "content": "x"}, {"role": "assistant", "content": "y"}]}],
+    )
+    _jsonl(
+        data / "content_int.jsonl",
+        [{"messages": [{"role": "user", "content": 5}, {"role": "assistant", "content": 7}]}],
+    )
+    kinds = [
+        _row("<image>What is it?", images=[good]),  # the one good row
+        _row("<image><image>Which?", images=[good]),
+        _row("<image>Which?", images=[good, good]),
+        _row("<image>What?", images=[{"bytes": 123}]),
+        _row("<image>What?", images=[{"bytes": "not base64 !!"}]),
+        _row("<image>What?", images=[{"url": "x"}]),
+        _row("<image>What?", images=["img/nope.png"]),
+        _row("<image>What?", images=[str(img / "truncated.png")]),
+        _row("<image>What?", images=[str(img / "text.png")]),
+        _row("<image>What?", images=[str(img / "dir.png")]),
+        _row("<image>What?", images=[str(img / "empty.png")]),
+        {"messages": "hello"},
+        [1, 2],
+        {"messages": [{"role": "user", "content": 5}, {"role": "assistant", "content": 7}]},
+        {"messages": [{"role": "wizard", "content": "x"}, {"role": "assistant", "content": "y"}]},
+    ]
     _jsonl(data / "every_bad_kind.jsonl", kinds)
     (data / "every_bad_kind.jsonl").write_text((data / "every_bad_kind.jsonl").read_text() + "{not json\n")
     _jsonl(data / "long_text.jsonl", [_row("<image>" + "word " * 400, images=[good])])
@@ -192,16 +233,26 @@ def build_fixtures(d: Path) -> None:
     remote.mkdir()
     marker = d / "REMOTE_CODE_RAN"
     code = f"open({str(marker)!r}, 'w').write('ran')\n"
-    (remote / "configuration_evil.py").write_text(code + "from transformers import PretrainedConfig\n"
-                                                  "class EvilConfig(PretrainedConfig):\n    model_type = 'evil_vlm'\n")
+    (remote / "configuration_evil.py").write_text(
+        code + "from transformers import PretrainedConfig\n"
+        "class EvilConfig(PretrainedConfig):\n    model_type = 'evil_vlm'\n"
+    )
     (remote / "modeling_evil.py").write_text(code)
     (remote / "processing_evil.py").write_text(code)
-    (remote / "config.json").write_text(json.dumps({
-        "model_type": "evil_vlm", "architectures": ["EvilForConditionalGeneration"],
-        "auto_map": {"AutoConfig": "configuration_evil.EvilConfig",
-                     "AutoModel": "modeling_evil.EvilModel",
-                     "AutoModelForImageTextToText": "modeling_evil.EvilForConditionalGeneration",
-                     "AutoProcessor": "processing_evil.EvilProcessor"}}))
+    (remote / "config.json").write_text(
+        json.dumps(
+            {
+                "model_type": "evil_vlm",
+                "architectures": ["EvilForConditionalGeneration"],
+                "auto_map": {
+                    "AutoConfig": "configuration_evil.EvilConfig",
+                    "AutoModel": "modeling_evil.EvilModel",
+                    "AutoModelForImageTextToText": "modeling_evil.EvilForConditionalGeneration",
+                    "AutoProcessor": "processing_evil.EvilProcessor",
+                },
+            }
+        )
+    )
     # a run whose base is gone
     shutil.copytree(d / "run", d / "run_lost_base")
     record = json.loads((d / "run_lost_base" / "vlmsurgeon.json").read_text())
@@ -230,24 +281,65 @@ def build_fixtures(d: Path) -> None:
     budget("list_top.yaml", "- a\n- b\n")
     budget("scalar_top.yaml", "just a string\n")
     budget("models_not_list.yaml", {"models": {"a": 1}})
-    budget("unknown_key.yaml", {"models": [{"name": "q", "model": q, "freeze": "vision", "limits": {"total": "1B"}, "colour": "red"}]})
-    budget("unknown_component.yaml", {"models": [{"name": "q", "model": q, "freeze": "vision", "limits": {"wings.params": 5}}]})
-    budget("min_above_max.yaml", {"models": [{"name": "q", "model": q, "freeze": "vision", "limits": {"trainable": {"min": "10M", "max": "1M"}}}]})
+    budget(
+        "unknown_key.yaml",
+        {"models": [{"name": "q", "model": q, "freeze": "vision", "limits": {"total": "1B"}, "colour": "red"}]},
+    )
+    budget(
+        "unknown_component.yaml",
+        {"models": [{"name": "q", "model": q, "freeze": "vision", "limits": {"wings.params": 5}}]},
+    )
+    budget(
+        "min_above_max.yaml",
+        {
+            "models": [
+                {"name": "q", "model": q, "freeze": "vision", "limits": {"trainable": {"min": "10M", "max": "1M"}}}
+            ]
+        },
+    )
     budget("negative.yaml", {"models": [{"name": "q", "model": q, "freeze": "vision", "limits": {"total": -5}}]})
-    budget("share_over.yaml", {"models": [{"name": "q", "model": q, "freeze": "vision", "limits": {"trainable": "150%"}}]})
+    budget(
+        "share_over.yaml", {"models": [{"name": "q", "model": q, "freeze": "vision", "limits": {"trainable": "150%"}}]}
+    )
     budget("total_pct.yaml", {"models": [{"name": "q", "model": q, "freeze": "vision", "limits": {"total": "50%"}}]})
-    budget("bad_unit.yaml", {"models": [{"name": "q", "model": q, "freeze": "vision", "limits": {"memory": "12 parsecs"}}]})
-    budget("unknown_preset.yaml", {"models": [{"name": "q", "model": q, "preset": "no-such-preset", "limits": {"total": "1B"}}]})
+    budget(
+        "bad_unit.yaml", {"models": [{"name": "q", "model": q, "freeze": "vision", "limits": {"memory": "12 parsecs"}}]}
+    )
+    budget(
+        "unknown_preset.yaml",
+        {"models": [{"name": "q", "model": q, "preset": "no-such-preset", "limits": {"total": "1B"}}]},
+    )
     budget("freeze_unknown.yaml", {"models": [{"name": "q", "model": q, "freeze": "wings", "limits": {"total": "1B"}}]})
-    budget("missing_model.yaml", {"models": [{"name": "gone", "model": str(d / "nope"), "freeze": "vision", "limits": {"total": "1B"}}]})
-    budget("hub_offline.yaml", {"models": [{"name": "hub", "model": "nobody-here/no-model-9", "freeze": "vision", "limits": {"total": "1B"}}]})
-    budget("remote.yaml", {"models": [{"name": "evil", "model": str(remote), "freeze": "vision", "limits": {"total": "1B"}}]})
-    budget("violated.yaml", {"models": [{"name": "q", "model": q, "freeze": "vision", "limits": {"total": 1000, "trainable": 10}}]})
+    budget(
+        "missing_model.yaml",
+        {"models": [{"name": "gone", "model": str(d / "nope"), "freeze": "vision", "limits": {"total": "1B"}}]},
+    )
+    budget(
+        "hub_offline.yaml",
+        {"models": [{"name": "hub", "model": "nobody-here/no-model-9", "freeze": "vision", "limits": {"total": "1B"}}]},
+    )
+    budget(
+        "remote.yaml",
+        {"models": [{"name": "evil", "model": str(remote), "freeze": "vision", "limits": {"total": "1B"}}]},
+    )
+    budget(
+        "violated.yaml",
+        {"models": [{"name": "q", "model": q, "freeze": "vision", "limits": {"total": 1000, "trainable": 10}}]},
+    )
     budget("holds.yaml", {"models": [{"name": "q", "model": q, "freeze": "vision", "limits": {"total": "1B"}}]})
-    budget("missing_component_llava.yaml", {"models": [{"name": "l", "model": str(d / "llava"), "freeze": "vision", "limits": {"generator.params": 5}}]})
-    budget("error_and_violation.yaml", {"models": [
-        {"name": "gone", "model": str(d / "nope"), "freeze": "vision", "limits": {"total": "1B"}},
-        {"name": "q", "model": q, "freeze": "vision", "limits": {"total": 1000}}]})
+    budget(
+        "missing_component_llava.yaml",
+        {"models": [{"name": "l", "model": str(d / "llava"), "freeze": "vision", "limits": {"generator.params": 5}}]},
+    )
+    budget(
+        "error_and_violation.yaml",
+        {
+            "models": [
+                {"name": "gone", "model": str(d / "nope"), "freeze": "vision", "limits": {"total": "1B"}},
+                {"name": "q", "model": q, "freeze": "vision", "limits": {"total": 1000}},
+            ]
+        },
+    )
 
     # configs for plan
     (d / "garbage.yaml").write_text("model: [unclosed\n")
@@ -304,9 +396,14 @@ def cases(d: Path) -> list[Case]:
     add(Case("generate: run whose base is gone", g + ["run_lost_base", "--prompt", "hi"], {2}))
     add(Case("generate: run with damaged adapter weights", g + ["run_bad_weights", "--prompt", "hi"], {2}))
     add(Case("generate: run with garbage vlmsurgeon.json", g + ["run_bad_record", "--prompt", "hi"], {2}))
-    add(Case("generate: ok on a QLoRA run (no library chatter)",
-             g + [run, "--image", img, "--prompt", "What is it?", "--max-new-tokens", "3", "--json"], {0},
-             check=lambda r, d: [] if _json_ok(r.stdout) else ["stdout is not one JSON object"]))
+    add(
+        Case(
+            "generate: ok on a QLoRA run (no library chatter)",
+            g + [run, "--image", img, "--prompt", "What is it?", "--max-new-tokens", "3", "--json"],
+            {0},
+            check=lambda r, d: [] if _json_ok(r.stdout) else ["stdout is not one JSON object"],
+        )
+    )
 
     # ---- chat ---------------------------------------------------------------------------------
     banner = ("chat with ",)
@@ -315,10 +412,18 @@ def cases(d: Path) -> list[Case]:
     add(Case("chat: hub id offline", ["chat", "nobody-here/no-model-9"], {2}))
     add(Case("chat: max-new-tokens 0", ["chat", q, "--max-new-tokens", "0"], {2}))
     add(Case("chat: stdin closed on a good model", ["chat", q], {0}, extra_ok=banner))
-    add(Case("chat: QLoRA run, bad /image lines, mismatch, a turn", ["chat", run, "--max-new-tokens", "2"], {0},
-             stdin="/image img/nope.png\n/image img/truncated.png\n/image img/text.png\n/image\n"
-                   f"/image {img}\n<image><image> which?\n/reset\nhello\n/exit\n",
-             allow_errors=True, extra_ok=banner, stderr_has=("img/nope.png", "truncated.png", "placeholder")))
+    add(
+        Case(
+            "chat: QLoRA run, bad /image lines, mismatch, a turn",
+            ["chat", run, "--max-new-tokens", "2"],
+            {0},
+            stdin="/image img/nope.png\n/image img/truncated.png\n/image img/text.png\n/image\n"
+            f"/image {img}\n<image><image> which?\n/reset\nhello\n/exit\n",
+            allow_errors=True,
+            extra_ok=banner,
+            stderr_has=("img/nope.png", "truncated.png", "placeholder"),
+        )
+    )
 
     # ---- eval ---------------------------------------------------------------------------------
     e = ["eval"]
@@ -334,24 +439,49 @@ def cases(d: Path) -> list[Case]:
     add(Case("eval: missing source", e + ["nope", "--data", data], {2}))
     add(Case("eval: remote code refused", e + [remote, "--data", data], {2}, stderr_has=R))
     add(Case("eval: hub id offline", e + ["nobody-here/no-model-9", "--data", data], {2}))
-    add(Case("eval: --compare missing", e + [q, "--data", data, "--compare", "nope", "-o", "ev_cmp_missing"], {2},
-             out="ev_cmp_missing"))
+    add(
+        Case(
+            "eval: --compare missing",
+            e + [q, "--data", data, "--compare", "nope", "-o", "ev_cmp_missing"],
+            {2},
+            out="ev_cmp_missing",
+        )
+    )
     add(Case("eval: --compare remote code", e + [q, "--data", data, "--compare", remote], {2}, stderr_has=R))
     add(Case("eval: --compare hub offline", e + [q, "--data", data, "--compare", "nobody-here/no-model-9"], {2}))
-    add(Case("eval: run onto the wrong base", e + [run, "--base", ll, "--data", data, "-o", "ev_wrong_base"], {2},
-             out="ev_wrong_base"))
+    add(
+        Case(
+            "eval: run onto the wrong base",
+            e + [run, "--base", ll, "--data", data, "-o", "ev_wrong_base"],
+            {2},
+            out="ev_wrong_base",
+        )
+    )
     add(Case("eval: --limit 0", e + [q, "--data", data, "--limit", "0"], {2}))
     add(Case("eval: --max-new-tokens abc", e + [q, "--data", data, "--max-new-tokens", "abc"], {2}))
     add(Case("eval: -o exists (non-empty)", e + [q, "--data", data, "-o", "existing_out"], {2}))
     add(Case("eval: -o is a file", e + [q, "--data", data, "-o", "somefile"], {2}))
     add(Case("eval: -o under a file", e + [q, "--data", data, "-o", "somefile/rep"], {2}, out="somefile/rep"))
     add(Case("eval: -o under /proc", e + [q, "--data", data, "-o", "/proc/vlms_rep"], {2}, out="/proc/vlms_rep"))
-    add(Case("eval: -o parent missing", e + [q, "--data", data, "-o", "no/such/parent/rep"], {2}, out="no/such/parent/rep"))
+    add(
+        Case(
+            "eval: -o parent missing",
+            e + [q, "--data", data, "-o", "no/such/parent/rep"],
+            {2},
+            out="no/such/parent/rep",
+        )
+    )
     add(Case("eval: -o over-long name", e + [q, "--data", data, "-o", LONG], {2}, out=LONG))
     add(Case("eval: bad --image-root", e + [q, "--data", data, "--image-root", "no/such/root"], {2}))
-    add(Case("eval: ok, --compare, -o (report complete)",
-             e + [run, "--compare", q, "--data", data, "--limit", "1", "--max-new-tokens", "2", "-o", "ev_ok"], {0},
-             extra_ok=("eval: ",), check=_report_complete("ev_ok")))
+    add(
+        Case(
+            "eval: ok, --compare, -o (report complete)",
+            e + [run, "--compare", q, "--data", data, "--limit", "1", "--max-new-tokens", "2", "-o", "ev_ok"],
+            {0},
+            extra_ok=("eval: ",),
+            check=_report_complete("ev_ok"),
+        )
+    )
 
     # ---- data check ---------------------------------------------------------------------------
     dc = ["data", "check"]
@@ -361,17 +491,38 @@ def cases(d: Path) -> list[Case]:
     add(Case("data check: only blank lines", dc + ["data/blank_lines.jsonl", "--model", q], {1, 2}, **rep))
     add(Case("data check: garbage JSON lines", dc + ["data/garbage.jsonl", "--model", q], {1, 2}, **rep))
     add(Case("data check: binary file", dc + ["data/binary.jsonl", "--model", q], {1, 2}, **rep))
-    add(Case("data check: every kind of bad row (+1 good), --json", dc + ["data/every_bad_kind.jsonl", "--model", q, "--json"],
-             {1}, **rep, check=_bad_rows(15)))
+    add(
+        Case(
+            "data check: every kind of bad row (+1 good), --json",
+            dc + ["data/every_bad_kind.jsonl", "--model", q, "--json"],
+            {1},
+            **rep,
+            check=_bad_rows(15),
+        )
+    )
     add(Case("data check: JSON array of numbers", dc + ["data/array.json", "--model", q], {1, 2}, **rep))
     add(Case("data check: JSON scalar", dc + ["data/scalar.json", "--model", q], {2}))
     add(Case("data check: 2 placeholders 1 image", dc + ["data/mismatch.jsonl", "--model", q], {1}, **rep))
     add(Case('data check: image {"bytes": 123}', dc + ["data/bytes_int.jsonl", "--model", q], {1}, **rep))
     add(Case("data check: missing image", dc + ["data/missing_img.jsonl", "--model", q], {1}, **rep))
     add(Case("data check: truncated PNG", dc + ["data/trunc_img.jsonl", "--model", q], {1}, **rep))
-    add(Case("data check: one bad row among good", dc + ["data/mixed.jsonl", "--model", q, "--json"], {1}, **rep,
-             check=lambda r, d: [] if _json_ok(r.stdout) else ["--json: stdout is not one JSON object"]))
-    add(Case("data check: row over --seq-len 32", dc + ["data/long_text.jsonl", "--model", q, "--seq-len", "32"], {1}, **rep))
+    add(
+        Case(
+            "data check: one bad row among good",
+            dc + ["data/mixed.jsonl", "--model", q, "--json"],
+            {1},
+            **rep,
+            check=lambda r, d: [] if _json_ok(r.stdout) else ["--json: stdout is not one JSON object"],
+        )
+    )
+    add(
+        Case(
+            "data check: row over --seq-len 32",
+            dc + ["data/long_text.jsonl", "--model", q, "--seq-len", "32"],
+            {1},
+            **rep,
+        )
+    )
     add(Case("data check: --seq-len 0", dc + [data, "--model", q, "--seq-len", "0"], {2}))
     add(Case("data check: --seq-len -5", dc + [data, "--model", q, "--seq-len", "-5"], {2}))
     add(Case("data check: --max-pixels -1", dc + [data, "--model", q, "--max-pixels", "-1"], {2}))
@@ -380,21 +531,47 @@ def cases(d: Path) -> list[Case]:
     add(Case("data check: over-long data name", dc + [f"data/{LONG}.jsonl", "--model", q], {2}))
     add(Case("data check: --model missing", dc + [data, "--model", "nope"], {2}))
     add(Case("data check: --model hub offline", dc + [data, "--model", "nobody-here/no-model-9"], {2}))
-    add(Case("data check: --model remote code", dc + [data, "--model", remote], {2}, stderr_has=("code from the model repo",)))
-    add(Case("data check: --model remote code, 'y' on stdin", dc + [data, "--model", remote], {2}, stdin="y\ny\ny\ny\n",
-             stderr_has=("code from the model repo",)))
+    add(
+        Case(
+            "data check: --model remote code",
+            dc + [data, "--model", remote],
+            {2},
+            stderr_has=("code from the model repo",),
+        )
+    )
+    add(
+        Case(
+            "data check: --model remote code, 'y' on stdin",
+            dc + [data, "--model", remote],
+            {2},
+            stdin="y\ny\ny\ny\n",
+            stderr_has=("code from the model repo",),
+        )
+    )
     add(Case("data check: --model empty folder", dc + [data, "--model", "models/empty_dir"], {2}))
     add(Case("data check: bad --image-root", dc + [data, "--model", q, "--image-root", "no/such/root"], {1, 2}, **rep))
 
     # ---- budget check -------------------------------------------------------------------------
     bc = ["budget", "check"]
     bud = dict(mode="budget")
-    add(Case("budget: missing file (+junit)", bc + ["budgets/nope.yaml", "--junit", "j_missing.xml"], {2},
-             junit="j_missing.xml"))
+    add(
+        Case(
+            "budget: missing file (+junit)",
+            bc + ["budgets/nope.yaml", "--junit", "j_missing.xml"],
+            {2},
+            junit="j_missing.xml",
+        )
+    )
     add(Case("budget: folder as file", bc + ["budgets"], {2}))
     add(Case("budget: empty file", bc + ["budgets/empty.yaml"], {2}))
-    add(Case("budget: garbage YAML (+junit)", bc + ["budgets/garbage.yaml", "--junit", "j_garbage.xml"], {2},
-             junit="j_garbage.xml"))
+    add(
+        Case(
+            "budget: garbage YAML (+junit)",
+            bc + ["budgets/garbage.yaml", "--junit", "j_garbage.xml"],
+            {2},
+            junit="j_garbage.xml",
+        )
+    )
     add(Case("budget: top-level list", bc + ["budgets/list_top.yaml"], {2}))
     add(Case("budget: models is a mapping", bc + ["budgets/models_not_list.yaml"], {2}))
     add(Case("budget: unknown key", bc + ["budgets/unknown_key.yaml"], {2}, stderr_has=("colour",)))
@@ -405,23 +582,71 @@ def cases(d: Path) -> list[Case]:
     add(Case("budget: bad unit", bc + ["budgets/bad_unit.yaml"], {2}))
     add(Case("budget: unknown preset", bc + ["budgets/unknown_preset.yaml"], {2}))
     add(Case("budget: freeze unknown component", bc + ["budgets/freeze_unknown.yaml"], {2}))
-    add(Case("budget: model missing (+junit)", bc + ["budgets/missing_model.yaml", "--junit", "j_mm.xml"], {2}, **bud,
-             junit="j_mm.xml"))
+    add(
+        Case(
+            "budget: model missing (+junit)",
+            bc + ["budgets/missing_model.yaml", "--junit", "j_mm.xml"],
+            {2},
+            **bud,
+            junit="j_mm.xml",
+        )
+    )
     add(Case("budget: hub id offline", bc + ["budgets/hub_offline.yaml"], {2}, **bud))
-    add(Case("budget: remote code entry", bc + ["budgets/remote.yaml"], {2}, **bud,
-             stderr_has=("trust_remote_code: true",), stderr_lacks=("--trust-remote-code",)))
+    add(
+        Case(
+            "budget: remote code entry",
+            bc + ["budgets/remote.yaml"],
+            {2},
+            **bud,
+            stderr_has=("trust_remote_code: true",),
+            stderr_lacks=("--trust-remote-code",),
+        )
+    )
     add(Case("budget: component the model lacks", bc + ["budgets/missing_component_llava.yaml"], {2}, **bud))
-    add(Case("budget: violated (+junit)", bc + ["budgets/violated.yaml", "--junit", "j_viol.xml"], {1}, **bud,
-             junit="j_viol.xml", stderr_has=("budget violated",)))
-    add(Case("budget: error and violation, worst wins", bc + ["budgets/error_and_violation.yaml", "--json"], {2}, **bud,
-             check=lambda r, d: [] if _json_ok(r.stdout) else ["--json: stdout is not one JSON object"]))
-    add(Case("budget: --junit under a file", bc + ["budgets/holds.yaml", "--junit", "somefile/j.xml"], {2},
-             out="somefile/j.xml"))
-    add(Case("budget: --junit under /proc", bc + ["budgets/holds.yaml", "--junit", "/proc/vlms_j.xml"], {2},
-             out="/proc/vlms_j.xml"))
+    add(
+        Case(
+            "budget: violated (+junit)",
+            bc + ["budgets/violated.yaml", "--junit", "j_viol.xml"],
+            {1},
+            **bud,
+            junit="j_viol.xml",
+            stderr_has=("budget violated",),
+        )
+    )
+    add(
+        Case(
+            "budget: error and violation, worst wins",
+            bc + ["budgets/error_and_violation.yaml", "--json"],
+            {2},
+            **bud,
+            check=lambda r, d: [] if _json_ok(r.stdout) else ["--json: stdout is not one JSON object"],
+        )
+    )
+    add(
+        Case(
+            "budget: --junit under a file",
+            bc + ["budgets/holds.yaml", "--junit", "somefile/j.xml"],
+            {2},
+            out="somefile/j.xml",
+        )
+    )
+    add(
+        Case(
+            "budget: --junit under /proc",
+            bc + ["budgets/holds.yaml", "--junit", "/proc/vlms_j.xml"],
+            {2},
+            out="/proc/vlms_j.xml",
+        )
+    )
     add(Case("budget: --junit is a folder", bc + ["budgets/holds.yaml", "--junit", "existing_out"], {2}))
-    add(Case("budget: --junit over-long name", bc + ["budgets/holds.yaml", "--junit", LONG + ".xml"], {2},
-             out=LONG + ".xml"))
+    add(
+        Case(
+            "budget: --junit over-long name",
+            bc + ["budgets/holds.yaml", "--junit", LONG + ".xml"],
+            {2},
+            out=LONG + ".xml",
+        )
+    )
 
     # ---- merge --------------------------------------------------------------------------------
     add(Case("merge: a model, not a run", ["merge", q, "-o", "m_model"], {2}, out="m_model"))
@@ -429,7 +654,14 @@ def cases(d: Path) -> list[Case]:
     add(Case("merge: run onto the wrong base", ["merge", run, "--base", ll, "-o", "m_wrong"], {2}, out="m_wrong"))
     add(Case("merge: --dtype int8", ["merge", run, "--dtype", "int8", "-o", "m_dtype"], {2}, out="m_dtype"))
     add(Case("merge: --target sideways", ["merge", run, "--target", "sideways", "-o", "m_target"], {2}, out="m_target"))
-    add(Case("merge: --max-shard-size lots", ["merge", run, "--max-shard-size", "lots", "-o", "m_shard"], {2}, out="m_shard"))
+    add(
+        Case(
+            "merge: --max-shard-size lots",
+            ["merge", run, "--max-shard-size", "lots", "-o", "m_shard"],
+            {2},
+            out="m_shard",
+        )
+    )
     add(Case("merge: -o under a file", ["merge", run, "-o", "somefile/m"], {2}, out="somefile/m"))
     add(Case("merge: -o exists", ["merge", run, "-o", "existing_out"], {2}))
     add(Case("merge: -o over-long name", ["merge", run, "-o", LONG], {2}, out=LONG))
@@ -469,12 +701,33 @@ def cases(d: Path) -> list[Case]:
     add(Case("tiny: -o under /proc", ["tiny", "qwen2_vl", "-o", "/proc/vlms_tiny"], {2}, out="/proc/vlms_tiny"))
     add(Case("tiny: -o over-long name", ["tiny", "qwen2_vl", "-o", LONG], {2}, out=LONG))
     add(Case("tiny: --seed abc", ["tiny", "qwen2_vl", "--seed", "abc", "-o", "t_seed"], {2}, out="t_seed"))
-    add(Case("finetune: remote code refused", ["finetune", remote, "--data", data, "--freeze", "vision", "-o", "ft_remote",
-                                                "--steps", "1"], {2}, out="ft_remote", stderr_has=R))
-    add(Case("finetune: remote code, 'y' on stdin", ["finetune", remote, "--data", data, "--freeze", "vision", "-o", "ft_remote_y",
-                                                    "--steps", "1"], {2}, stdin="y\ny\ny\n", out="ft_remote_y", stderr_has=R))
-    add(Case("finetune: -o under a file", ["finetune", q, "--data", data, "--freeze", "vision", "-o", "somefile/ft",
-                                            "--steps", "1"], {2}, out="somefile/ft"))
+    add(
+        Case(
+            "finetune: remote code refused",
+            ["finetune", remote, "--data", data, "--freeze", "vision", "-o", "ft_remote", "--steps", "1"],
+            {2},
+            out="ft_remote",
+            stderr_has=R,
+        )
+    )
+    add(
+        Case(
+            "finetune: remote code, 'y' on stdin",
+            ["finetune", remote, "--data", data, "--freeze", "vision", "-o", "ft_remote_y", "--steps", "1"],
+            {2},
+            stdin="y\ny\ny\n",
+            out="ft_remote_y",
+            stderr_has=R,
+        )
+    )
+    add(
+        Case(
+            "finetune: -o under a file",
+            ["finetune", q, "--data", data, "--freeze", "vision", "-o", "somefile/ft", "--steps", "1"],
+            {2},
+            out="somefile/ft",
+        )
+    )
     add(Case("usage: unknown command", ["frobnicate"], {2}))
     add(Case("usage: unknown option", ["eval", q, "--data", data, "--frob"], {2}))
     return c
@@ -494,9 +747,14 @@ def _bad_rows(n: int) -> Callable[[Result, Path], list[str]]:
         except ValueError:
             return ["--json: stdout is not one JSON object"]
         found = len(report.get("bad_rows", [])) + len(report.get("over_limit", []))
-        return [] if (report.get("skipped"), report.get("rows"), found) == (n, 1, n) else [
-            f"--json: expected {n} bad row(s) and 1 usable, got skipped={report.get('skipped')} "
-            f"rows={report.get('rows')} listed={found}"]
+        return (
+            []
+            if (report.get("skipped"), report.get("rows"), found) == (n, 1, n)
+            else [
+                f"--json: expected {n} bad row(s) and 1 usable, got skipped={report.get('skipped')} "
+                f"rows={report.get('rows')} listed={found}"
+            ]
+        )
 
     return check
 
@@ -517,9 +775,17 @@ def _report_complete(name: str) -> Callable[[Result, Path], list[str]]:
 def run_case(case: Case, d: Path) -> Result:
     t0 = time.time()
     try:
-        done = subprocess.run([str(EXE), *case.argv], cwd=d, env=ENV, capture_output=True, text=True,
-                              errors="replace", timeout=PER_CASE_TIMEOUT,
-                              input=case.stdin, stdin=subprocess.DEVNULL if case.stdin is None else None)
+        done = subprocess.run(
+            [str(EXE), *case.argv],
+            cwd=d,
+            env=ENV,
+            capture_output=True,
+            text=True,
+            errors="replace",
+            timeout=PER_CASE_TIMEOUT,
+            input=case.stdin,
+            stdin=subprocess.DEVNULL if case.stdin is None else None,
+        )
         result = Result(case, done.returncode, done.stdout, done.stderr, time.time() - t0)
     except subprocess.TimeoutExpired as exc:
         out = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else (exc.stdout or "")
@@ -547,36 +813,55 @@ def judge(r: Result, d: Path) -> None:
     if mode == "auto" or (mode in ("report", "budget") and r.rc in (0, 3)) or (mode == "report" and r.rc == 2):
         mode = "ok" if r.rc == 0 else "error"
     if mode == "ok":
-        ours = [line for line in err_lines if line.startswith("vlmsurgeon: warning:")
-                or any(line.startswith(x) for x in c.extra_ok)
-                or (c.allow_errors and line.startswith("vlmsurgeon: error: "))]
+        ours = [
+            line
+            for line in err_lines
+            if line.startswith("vlmsurgeon: warning:")
+            or any(line.startswith(x) for x in c.extra_ok)
+            or (c.allow_errors and line.startswith("vlmsurgeon: error: "))
+        ]
         strange = [line for line in err_lines if line not in ours]
         if strange:
-            p.append(f"stray stderr line(s): {strange[0][:160]!r}" + (f" (+{len(strange) - 1})" if len(strange) > 1 else ""))
+            p.append(
+                f"stray stderr line(s): {strange[0][:160]!r}" + (f" (+{len(strange) - 1})" if len(strange) > 1 else "")
+            )
         if c.allow_errors:
             for line in err_lines:
                 if line.startswith("vlmsurgeon: error: ") and not ERROR_LINE.match(line):
                     p.append(f"error line without (try: …): {line[:160]!r}")
     elif mode in ("error", "report"):
         errors = [line for line in err_lines if line.startswith("vlmsurgeon: error: ")]
-        others = [line for line in err_lines if not line.startswith("vlmsurgeon: error: ")
-                  and not line.startswith("vlmsurgeon: warning:")]
+        others = [
+            line
+            for line in err_lines
+            if not line.startswith("vlmsurgeon: error: ") and not line.startswith("vlmsurgeon: warning:")
+        ]
         if len(errors) != 1:
             p.append(f"{len(errors)} error lines on stderr, expected 1")
         elif not ERROR_LINE.match(errors[0]):
             p.append(f"error line not 'what (try: hint)': {errors[0][:160]!r}")
         if others:
-            p.append(f"stray stderr line(s): {others[0][:160]!r}" + (f" (+{len(others) - 1})" if len(others) > 1 else ""))
+            p.append(
+                f"stray stderr line(s): {others[0][:160]!r}" + (f" (+{len(others) - 1})" if len(others) > 1 else "")
+            )
         if mode == "report" and r.rc == 1 and not r.stdout.strip():
             p.append("exit 1 but no report on stdout")
         if mode == "error" and r.rc == 2 and r.stdout.strip() and not c.check:
             p.append(f"stdout not empty on a refusal: {r.stdout.strip().splitlines()[0][:100]!r}")
     elif mode == "budget":
-        strange = [line for line in err_lines if not (line.startswith("vlmsurgeon: error: ")
-                                                      or line.startswith("vlmsurgeon: budget violated: ")
-                                                      or line.startswith("vlmsurgeon: warning:"))]
+        strange = [
+            line
+            for line in err_lines
+            if not (
+                line.startswith("vlmsurgeon: error: ")
+                or line.startswith("vlmsurgeon: budget violated: ")
+                or line.startswith("vlmsurgeon: warning:")
+            )
+        ]
         if strange:
-            p.append(f"stray stderr line(s): {strange[0][:160]!r}" + (f" (+{len(strange) - 1})" if len(strange) > 1 else ""))
+            p.append(
+                f"stray stderr line(s): {strange[0][:160]!r}" + (f" (+{len(strange) - 1})" if len(strange) > 1 else "")
+            )
         for line in err_lines:
             if line.startswith("vlmsurgeon: error: ") and not ERROR_LINE.match(line):
                 p.append(f"error line not 'what (try: hint)': {line[:160]!r}")
@@ -658,15 +943,35 @@ def main() -> int:
         print(f"\ncause: {cause} ({len(group)} case(s))")
         for r in group:
             lines = r.stderr.strip().splitlines()[:3]
-            print(_short(f"- {r.case.name}\n  argv: vlmsurgeon {' '.join(r.case.argv)}\n  exit: {r.rc}\n  why: "
-                         + "; ".join(r.problems) + "".join(f"\n  stderr: {line[:300]}" for line in lines)))
+            print(
+                _short(
+                    f"- {r.case.name}\n  argv: vlmsurgeon {' '.join(r.case.argv)}\n  exit: {r.rc}\n  why: "
+                    + "; ".join(r.problems)
+                    + "".join(f"\n  stderr: {line[:300]}" for line in lines)
+                )
+            )
     if args.json:
-        Path(args.json).write_text(json.dumps([{"name": r.case.name, "argv": r.case.argv, "rc": r.rc,
-                                                "stderr": r.stderr[-3000:], "stdout": r.stdout[-1000:],
-                                                "problems": r.problems, "seconds": round(r.seconds, 1)}
-                                               for r in results], indent=1))
-    print(f"\n{len(results)} cases: {len(results) - len(broken)} ok, {len(broken)} broken "
-          f"({len(causes)} causes)  [{time.time() - t0:.0f}s]")
+        Path(args.json).write_text(
+            json.dumps(
+                [
+                    {
+                        "name": r.case.name,
+                        "argv": r.case.argv,
+                        "rc": r.rc,
+                        "stderr": r.stderr[-3000:],
+                        "stdout": r.stdout[-1000:],
+                        "problems": r.problems,
+                        "seconds": round(r.seconds, 1),
+                    }
+                    for r in results
+                ],
+                indent=1,
+            )
+        )
+    print(
+        f"\n{len(results)} cases: {len(results) - len(broken)} ok, {len(broken)} broken "
+        f"({len(causes)} causes)  [{time.time() - t0:.0f}s]"
+    )
     return 1 if broken else 0
 
 

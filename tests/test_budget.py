@@ -8,7 +8,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from vlmsurgeon.budget import parse_amount
+from vlmsurgeon.plan.budget import parse_amount
 
 
 def write(tmp_path, text: str):
@@ -17,11 +17,20 @@ def write(tmp_path, text: str):
     return path
 
 
-@pytest.mark.parametrize("text,key,value,percent", [
-    ("50M", "trainable", 50e6, False), ("1.5B", "total", 1.5e9, False), ("1%", "trainable", 0.01, True),
-    ("12GiB", "memory", 12 * 2**30, False), ("3GB", "memory", 3e9, False), ("2K", "lm.params", 2000, False),
-    (0, "vision.trainable", 0, False), ("7e3", "total", 7000, False), ("512MiB", "memory", 2**29, False),
-])
+@pytest.mark.parametrize(
+    "text,key,value,percent",
+    [
+        ("50M", "trainable", 50e6, False),
+        ("1.5B", "total", 1.5e9, False),
+        ("1%", "trainable", 0.01, True),
+        ("12GiB", "memory", 12 * 2**30, False),
+        ("3GB", "memory", 3e9, False),
+        ("2K", "lm.params", 2000, False),
+        (0, "vision.trainable", 0, False),
+        ("7e3", "total", 7000, False),
+        ("512MiB", "memory", 2**29, False),
+    ],
+)
 def test_units(text, key, value, percent):
     assert parse_amount(text, key) == (value, percent)
 
@@ -62,8 +71,11 @@ def test_pass_several_models(tmp_path, cli, tiny_models):
 
 
 def test_fail_names_the_limit_with_its_figure_and_junit(tmp_path, cli, tiny_models):
-    text = _models(tiny_models).replace("lm.trainable: 32768", "lm.trainable: 30K").replace(
-        "trainable: 24%", "trainable: 20%")
+    text = (
+        _models(tiny_models)
+        .replace("lm.trainable: 32768", "lm.trainable: 30K")
+        .replace("trainable: 24%", "trainable: 20%")
+    )
     junit = tmp_path / "report.xml"
     code, out, err = cli("budget", "check", write(tmp_path, text), "--junit", junit)
     assert code == 1
@@ -92,9 +104,14 @@ def test_invalid_file_lists_every_problem(tmp_path, cli):
 """
     code, _, err = cli("budget", "check", write(tmp_path, text))
     assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
-    for needle in ("models.0.limits.trainabel: unknown limit", "models.0.limits.memory",
-                   "models.0.limits.lm.trainable: 'lots'", "models.0: trainable/memory limits need a preset",
-                   "models.1.model: Field required", "models.1.colour"):
+    for needle in (
+        "models.0.limits.trainabel: unknown limit",
+        "models.0.limits.memory",
+        "models.0.limits.lm.trainable: 'lots'",
+        "models.0: trainable/memory limits need a preset",
+        "models.1.model: Field required",
+        "models.1.colour",
+    ):
         assert needle in err, needle
 
 

@@ -16,9 +16,9 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from tests.conftest import ROOT
-from vlmsurgeon import budget as budget_mod
-from vlmsurgeon.budget import BudgetResult, EntryError, _entry_error, write_junit
 from vlmsurgeon.errors import BadInput, RuntimeFailure
+from vlmsurgeon.plan import budget as budget_mod
+from vlmsurgeon.plan.budget import BudgetResult, EntryError, _entry_error, write_junit
 
 # The issue's example: three models, the middle one fails to load. The first one violates a limit
 # (found before the failure, it must be kept), the third one passes (checked after it).
@@ -79,8 +79,9 @@ REASONS = {
 
 
 def _issue_example(tmp_path, tiny_models, kind: str):
-    text = ISSUE_EXAMPLE.format(llava=tiny_models("llava"), qwen=tiny_models("qwen2_vl"),
-                                broken=_broken(kind, tmp_path))
+    text = ISSUE_EXAMPLE.format(
+        llava=tiny_models("llava"), qwen=tiny_models("qwen2_vl"), broken=_broken(kind, tmp_path)
+    )
     return write(tmp_path, text)
 
 
@@ -104,14 +105,22 @@ def test_a_model_failing_to_load_mid_file_leaves_the_others_checked(tmp_path, cl
     assert len(err.strip().splitlines()) == 2
     suites = _suites(junit)
     assert list(suites) == ["budget: llava-lm-lora", "budget: broken", "budget: qwen-stage2"]
-    verdicts = {name: [(c.get("name"), [child.tag for child in c]) for c in s.findall("testcase")]
-                for name, s in suites.items()}
+    verdicts = {
+        name: [(c.get("name"), [child.tag for child in c]) for c in s.findall("testcase")] for name, s in suites.items()
+    }
     assert verdicts == {
-        "budget: llava-lm-lora": [("total <= 137536", []), ("trainable <= 20%", ["failure"]),
-                                  ("lm.trainable <= 32768", [])],
+        "budget: llava-lm-lora": [
+            ("total <= 137536", []),
+            ("trainable <= 20%", ["failure"]),
+            ("lm.trainable <= 32768", []),
+        ],
         "budget: broken": [("trainable <= 1M", ["error"]), ("lm.params <= 1B", ["error"])],
-        "budget: qwen-stage2": [("merger.trainable >= 100%", []), ("merger.trainable <= 100%", []),
-                                ("trainable >= 57600", []), ("trainable <= 57600", [])],
+        "budget: qwen-stage2": [
+            ("merger.trainable >= 100%", []),
+            ("merger.trainable <= 100%", []),
+            ("trainable >= 57600", []),
+            ("trainable <= 57600", []),
+        ],
     }
     root = ET.parse(junit).getroot()
     assert (root.get("tests"), root.get("failures"), root.get("errors")) == ("9", "1", "2")
@@ -126,9 +135,13 @@ def test_json_lists_the_error_and_keeps_every_verdict(tmp_path, cli, tiny_models
     assert not data["ok"] and data["checked"] == 7 and data["failed"] == 1
     assert [(e["model"], e["entry"]) for e in data["errors"]] == [("broken", 1)]
     status = [(r["model"], r["limit"], r["status"]) for r in data["results"]]
-    assert status[:5] == [("llava-lm-lora", "total", "ok"), ("llava-lm-lora", "trainable", "fail"),
-                          ("llava-lm-lora", "lm.trainable", "ok"), ("broken", "trainable", "error"),
-                          ("broken", "lm.params", "error")]
+    assert status[:5] == [
+        ("llava-lm-lora", "total", "ok"),
+        ("llava-lm-lora", "trainable", "fail"),
+        ("llava-lm-lora", "lm.trainable", "ok"),
+        ("broken", "trainable", "error"),
+        ("broken", "lm.params", "error"),
+    ]
     assert all(s == "ok" for _, _, s in status[5:]) and len(status) == 9
     assert data["results"][3]["figure"] is None and "no such file" in data["results"][3]["error"]
 
@@ -160,15 +173,16 @@ def test_a_limit_on_a_component_the_model_lacks_is_an_error(tmp_path, cli, tiny_
     junit = tmp_path / "report.xml"
     code, _, err = cli("budget", "check", write(tmp_path, text), "--junit", junit)
     assert code == 2
-    assert ("vlmsurgeon: error: models.0 'llava': limit generator.trainable: the model has no "
-            "generator component (it has vision, merger, lm, head)") in err
+    assert (
+        "vlmsurgeon: error: models.0 'llava': limit generator.trainable: the model has no "
+        "generator component (it has vision, merger, lm, head)"
+    ) in err
     cases = {c.get("name"): [x.tag for x in c] for c in ET.parse(junit).getroot().iter("testcase")}
     assert cases == {"generator.trainable <= 0": ["error"], "vision.trainable <= 0": []}
 
 
-def test_an_unexpected_failure_is_a_runtime_error_and_the_rest_still_run(tmp_path, cli, tiny_models,
-                                                                         monkeypatch):
-    import vlmsurgeon.plan as plan
+def test_an_unexpected_failure_is_a_runtime_error_and_the_rest_still_run(tmp_path, cli, tiny_models, monkeypatch):
+    import vlmsurgeon.plan.plan as plan
 
     real = plan.plan_model
 
@@ -181,8 +195,9 @@ def test_an_unexpected_failure_is_a_runtime_error_and_the_rest_still_run(tmp_pat
     path = _issue_example(tmp_path, tiny_models, "no-config")
     code, out, err = cli("budget", "check", path)
     assert code == 3 and "qwen-stage2" in out
-    assert ("vlmsurgeon: error: models.1 'broken': RuntimeError: boom (try: VLMSURGEON_DEBUG=1 "
-            "for the traceback)") in err and "Traceback" not in err
+    assert (
+        "vlmsurgeon: error: models.1 'broken': RuntimeError: boom (try: VLMSURGEON_DEBUG=1 for the traceback)"
+    ) in err and "Traceback" not in err
     monkeypatch.setenv("VLMSURGEON_DEBUG", "1")
     code, _, err = cli("budget", "check", path)
     assert code == 3 and "Traceback" in err and "RuntimeError: boom" in err
@@ -197,8 +212,10 @@ def test_hints_name_budget_keys_not_options(tmp_path, cli, tiny_models):
     assert "--trust-remote-code" not in error.line() and "trust_remote_code: true" in error.hint
     # an option that budget check lacks drops the hint; its own options stay
     assert _entry_error(0, "m", BadInput("boom", "pass --revision main")).hint is None
-    assert _entry_error(0, "m", BadInput("--freeze: x", "or --junit")).line() == \
-        "models.0 'm': freeze: x (try: or --junit)"
+    assert (
+        _entry_error(0, "m", BadInput("--freeze: x", "or --junit")).line()
+        == "models.0 'm': freeze: x (try: or --junit)"
+    )
 
 
 IMPOSSIBLE = [
@@ -221,7 +238,7 @@ IMPOSSIBLE = [
 
 @pytest.mark.parametrize("limit,needle", IMPOSSIBLE)
 def test_impossible_limits_are_bad_input_before_any_model_loads(tmp_path, cli, monkeypatch, limit, needle):
-    import vlmsurgeon.plan as plan
+    import vlmsurgeon.plan.plan as plan
 
     monkeypatch.setattr(plan, "plan_model", lambda *a, **k: pytest.fail("a model was loaded"))
     path = write(tmp_path, f"models:\n  - model: some/model\n    freeze: vision\n    limits:\n      {limit}\n")
@@ -231,7 +248,7 @@ def test_impossible_limits_are_bad_input_before_any_model_loads(tmp_path, cli, m
 
 
 def test_entry_names_are_checked_before_any_model_loads(tmp_path, cli, monkeypatch):
-    import vlmsurgeon.plan as plan
+    import vlmsurgeon.plan.plan as plan
 
     monkeypatch.setattr(plan, "plan_model", lambda *a, **k: pytest.fail("a model was loaded"))
     text = """models:
@@ -248,8 +265,16 @@ def test_entry_names_are_checked_before_any_model_loads(tmp_path, cli, monkeypat
     assert "models.1.preset: preset 'no-such-preset': neither a built-in nor a file" in err
 
 
-@pytest.mark.parametrize("limit", ["trainable: 100%", "trainable: 0", "trainable: {min: 5, max: 5}",
-                                   "memory: {min: 1KiB, max: 1GiB}", "trainable: {min: 1%, max: 100000}"])
+@pytest.mark.parametrize(
+    "limit",
+    [
+        "trainable: 100%",
+        "trainable: 0",
+        "trainable: {min: 5, max: 5}",
+        "memory: {min: 1KiB, max: 1GiB}",
+        "trainable: {min: 1%, max: 100000}",
+    ],
+)
 def test_possible_edge_limits_are_accepted(tmp_path, limit):
     path = write(tmp_path, f"models:\n  - model: some/model\n    freeze: vision\n    limits:\n      {limit}\n")
     budget_mod.load_budget(path)
@@ -306,11 +331,14 @@ class _Dies:
         raise self.failure
 
 
-@pytest.mark.parametrize("failure,raised", [
-    (OSError(errno.ENOSPC, "No space left on device"), RuntimeFailure),
-    (OSError(errno.EACCES, "Permission denied"), BadInput),
-    (KeyboardInterrupt(), KeyboardInterrupt),
-])
+@pytest.mark.parametrize(
+    "failure,raised",
+    [
+        (OSError(errno.ENOSPC, "No space left on device"), RuntimeFailure),
+        (OSError(errno.EACCES, "Permission denied"), BadInput),
+        (KeyboardInterrupt(), KeyboardInterrupt),
+    ],
+)
 @pytest.mark.parametrize("old", [True, False])
 def test_a_failure_mid_write_leaves_the_old_report_and_no_staging(tmp_path, monkeypatch, failure, raised, old):
     junit = tmp_path / "report.xml"
@@ -361,8 +389,14 @@ def test_sigkill_during_junit_write_leaves_the_old_report_and_the_rerun_succeeds
     junit = tmp_path / "report.xml"
     junit.write_bytes(b"old report")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-c", KILL_BEFORE_RENAME, str(path), str(junit)],
-                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", KILL_BEFORE_RENAME, str(path), str(junit)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     assert junit.read_bytes() == b"old report"
     staged = list(tmp_path.glob(".report.xml.*.tmp"))

@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 
 from tests.conftest import ROOT, save_config
-from vlmsurgeon.inspection import inspect_model, unbuilt_layers
+from vlmsurgeon.model.inspection import inspect_model, unbuilt_layers
 
 FIXTURES = ROOT / "tests" / "fixtures"
 GLM_45V_CHECKPOINT_VALUES = 107_710_933_120  # sum of the released checkpoint's tensor sizes
@@ -35,19 +34,27 @@ def glm_45v_by_hand() -> dict[str, int]:
     (the first dense, 45 MoE with 128 routed experts + 1 shared), 96 heads / 8 KV of 128."""
     vh, depth, out, vi, patch, tp, image = 1536, 24, 4096, 10944, 14, 2, 336
     block = 2 * vh + linear(vh, 3 * vh) + linear(vh, vh) + 3 * linear(vh, out)  # norms, qkv, proj, MLP
-    vision = (linear(3 * tp * patch * patch, vh, bias=True)  # patch_embed Conv3d
-              + (image // patch) ** 2 * vh  # position_embedding
-              + depth * block + vh  # post_conv_layernorm
-              + linear(vh * 2 * 2, out, bias=True)  # downsample Conv2d 2x2
-              + vh)  # post_layernorm
+    vision = (
+        linear(3 * tp * patch * patch, vh, bias=True)  # patch_embed Conv3d
+        + (image // patch) ** 2 * vh  # position_embedding
+        + depth * block
+        + vh  # post_conv_layernorm
+        + linear(vh * 2 * 2, out, bias=True)  # downsample Conv2d 2x2
+        + vh
+    )  # post_layernorm
     merger = linear(out, out) + 2 * out + 2 * linear(out, vi) + linear(vi, out)  # proj, LayerNorm, MLP
     h, layers, dense, heads, kv, hd, ti, vocab = 4096, 46, 1, 96, 8, 128, 10944, 151552
     experts, moe_i, shared = 128, 1408, 1
     attn = linear(h, heads * hd, True) + 2 * linear(h, kv * hd, True) + linear(heads * hd, h)
     moe_mlp = experts * 3 * h * moe_i + experts * h + shared * 3 * h * moe_i  # experts, router, shared
     lm = vocab * h + layers * (attn + 2 * h) + dense * 3 * h * ti + (layers - dense) * moe_mlp + h
-    return {"vision": vision, "merger": merger, "lm": lm, "head": vocab * h,
-            "buffers": (layers - dense) * experts}  # e_score_correction_bias: one per routed expert
+    return {
+        "vision": vision,
+        "merger": merger,
+        "lm": lm,
+        "head": vocab * h,
+        "buffers": (layers - dense) * experts,
+    }  # e_score_correction_bias: one per routed expert
 
 
 def test_glm_45v_buffers_and_total_match_the_released_checkpoint():
@@ -67,8 +74,10 @@ def test_glm_45v_table_says_buffers_and_llava_says_nothing(cli, tmp_path):
     code, out, err = cli("inspect", FIXTURES / "glm-4.5v", "--depth", "1")
     assert code == 0, err
     words = " ".join(out.split())
-    assert ("persistent buffers: 5,760 (lm 5,760), stored in the checkpoint beside the parameters: "
-            "107,710,933,120 values in all") in words
+    assert (
+        "persistent buffers: 5,760 (lm 5,760), stored in the checkpoint beside the parameters: "
+        "107,710,933,120 values in all"
+    ) in words
     code, out, _ = cli("inspect", save_config("llava", tmp_path), "--depth", "1")
     assert code == 0 and "persistent buffers" not in out
 
@@ -80,11 +89,22 @@ def test_saved_checkpoint_holds_params_plus_buffers(tmp_path):
     from transformers import AutoConfig, AutoModelForImageTextToText
 
     cfg = json.loads((FIXTURES / "glm-4.5v" / "config.json").read_text())
-    cfg["text_config"].update(hidden_size=64, intermediate_size=96, moe_intermediate_size=16,
-                              num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-                              vocab_size=128, n_routed_experts=8, num_experts_per_tok=2, pad_token_id=0)
-    cfg["vision_config"].update(hidden_size=32, depth=2, num_heads=2, intermediate_size=96,
-                                out_hidden_size=64, image_size=28)
+    cfg["text_config"].update(
+        hidden_size=64,
+        intermediate_size=96,
+        moe_intermediate_size=16,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        vocab_size=128,
+        n_routed_experts=8,
+        num_experts_per_tok=2,
+        pad_token_id=0,
+    )
+    cfg["vision_config"].update(
+        hidden_size=32, depth=2, num_heads=2, intermediate_size=96, out_hidden_size=64, image_size=28
+    )
     config = AutoConfig.for_model("glm4v_moe", **{k: v for k, v in cfg.items() if k != "model_type"})
     torch.manual_seed(0)
     AutoModelForImageTextToText.from_config(config).save_pretrained(tmp_path)
@@ -112,9 +132,9 @@ def test_only_persistent_buffers_count_and_a_shared_one_once():
     import torch
     from torch import nn
 
-    from vlmsurgeon.components import classify
-    from vlmsurgeon.report import breakdown
-    from vlmsurgeon.tree import from_module
+    from vlmsurgeon.model.components import classify
+    from vlmsurgeon.model.report import breakdown
+    from vlmsurgeon.model.tree import from_module
 
     class Router(nn.Module):
         def __init__(self, shared: torch.Tensor) -> None:
@@ -136,8 +156,10 @@ def test_only_persistent_buffers_count_and_a_shared_one_once():
 
 @pytest.mark.parametrize("fixture", ["qwen3.5-9b", "qwen3.6-35b-a3b"])
 def test_qwen35_mtp_layers_are_named(fixture, cli):
-    note = ("the config declares 1 multi-token-prediction layer (text_config.mtp_num_hidden_layers: 1) that "
-            "transformers does not build: the checkpoint's mtp.* tensors are not counted here")
+    note = (
+        "the config declares 1 multi-token-prediction layer (text_config.mtp_num_hidden_layers: 1) that "
+        "transformers does not build: the checkpoint's mtp.* tensors are not counted here"
+    )
     code, out, err = cli("inspect", FIXTURES / fixture, "--json")
     assert code == 0, err
     data = json.loads(out)

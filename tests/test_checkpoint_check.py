@@ -33,10 +33,10 @@ def _warnings(err: str) -> list[str]:
 
 
 def _four_defects(t: dict) -> None:
-    t["multi_modal_projector.extra_gate.weight"] = torch.zeros(8, 8)        # unexpected
-    del t["language_model.model.norm.weight"]                               # missing
+    t["multi_modal_projector.extra_gate.weight"] = torch.zeros(8, 8)  # unexpected
+    del t["language_model.model.norm.weight"]  # missing
     t["multi_modal_projector.mm_input_projection_weight"] = torch.zeros(32, 48)  # config: (32, 64)
-    t["language_model.lm_head.weight"] = torch.randn(*HEAD)                 # untied under a tying config
+    t["language_model.lm_head.weight"] = torch.randn(*HEAD)  # untied under a tying config
 
 
 def test_four_defects_are_reported_as_warnings(tmp_path, cli, tiny_models):
@@ -46,12 +46,22 @@ def test_four_defects_are_reported_as_warnings(tmp_path, cli, tiny_models):
     data = json.loads(out)
     assert data["source"] == "config" and data["components"]["head"]["tied_to"]
     assert data["checkpoint_check"] == {
-        "checked": True, "shards": 1, "tensors": 79, "renamed": 78,
+        "checked": True,
+        "shards": 1,
+        "tensors": 79,
+        "renamed": 78,
         "missing": {"count": 1, "first": ["model.language_model.norm.weight"]},
         "unexpected": {"count": 1, "first": ["multi_modal_projector.extra_gate.weight"]},
-        "shape_mismatch": {"count": 1, "first": [{
-            "name": "model.multi_modal_projector.mm_input_projection_weight",
-            "config": [32, 64], "checkpoint": [32, 48]}]},
+        "shape_mismatch": {
+            "count": 1,
+            "first": [
+                {
+                    "name": "model.multi_modal_projector.mm_input_projection_weight",
+                    "config": [32, 64],
+                    "checkpoint": [32, 48],
+                }
+            ],
+        },
         "untied_head_in_checkpoint": True,
         "untied_head": {"name": "lm_head.weight", "params": 263 * 64},
     }
@@ -73,7 +83,7 @@ def test_four_defects_are_reported_as_warnings(tmp_path, cli, tiny_models):
 def test_clean_tiny_model_reports_zero_in_either_layout(tmp_path, cli, tiny_models):
     """As saved by transformers 5 (legacy layout, every name renamed on load) and with the
     model's own names: both clean, so a legacy checkpoint is not reported all missing."""
-    from vlmsurgeon.inspection import meta_model
+    from vlmsurgeon.model.inspection import meta_model
 
     clean = tiny_models("gemma3")
     _, model = meta_model(str(clean))
@@ -90,9 +100,16 @@ def test_clean_tiny_model_reports_zero_in_either_layout(tmp_path, cli, tiny_mode
         code, out, err = cli("inspect", directory, "--json")
         assert code == 0 and _warnings(err) == [], err
         assert json.loads(out)["checkpoint_check"] == {
-            "checked": True, "shards": 1, "tensors": 78, "renamed": renamed,
-            "missing": CLEAN, "unexpected": CLEAN, "shape_mismatch": CLEAN,
-            "untied_head_in_checkpoint": False, "untied_head": None}
+            "checked": True,
+            "shards": 1,
+            "tensors": 78,
+            "renamed": renamed,
+            "missing": CLEAN,
+            "unexpected": CLEAN,
+            "shape_mismatch": CLEAN,
+            "untied_head_in_checkpoint": False,
+            "untied_head": None,
+        }
 
 
 def test_mistral3_top_level_tie_with_a_stored_head(tmp_path, cli, tiny_models):
@@ -102,8 +119,9 @@ def test_mistral3_top_level_tie_with_a_stored_head(tmp_path, cli, tiny_models):
     config = json.loads((clean / "config.json").read_text())
     assert config["tie_word_embeddings"] is True and config["text_config"]["tie_word_embeddings"] is False
     hidden, vocab = config["text_config"]["hidden_size"], config["text_config"]["vocab_size"]
-    stored = _copy_with(clean, tmp_path / "m3", lambda t: t.update(
-        {"language_model.lm_head.weight": torch.zeros(vocab, hidden)}))
+    stored = _copy_with(
+        clean, tmp_path / "m3", lambda t: t.update({"language_model.lm_head.weight": torch.zeros(vocab, hidden)})
+    )
     code, out, err = cli("inspect", stored, "--json")
     assert code == 0, err
     check = json.loads(out)["checkpoint_check"]
@@ -115,19 +133,24 @@ def test_mistral3_top_level_tie_with_a_stored_head(tmp_path, cli, tiny_models):
 def test_quantization_aux_tensors_are_not_unexpected(tiny_models):
     """A bitsandbytes 4-bit weight (packed U8 + absmax, quant_map, …) and a GPTQ layer (qweight,
     qzeros, scales, g_idx) stand for the weights the model has."""
-    from vlmsurgeon.checkpoint import compare
-    from vlmsurgeon.inspection import meta_model
+    from vlmsurgeon.model.checkpoint import compare
+    from vlmsurgeon.model.inspection import meta_model
 
     directory = tiny_models("gemma3")
     _, model = meta_model(str(directory))
     tensors = [(n, tuple(t.shape), "F32") for n, t in load_file(directory / "model.safetensors").items()]
     bnb, gptq = "language_model.model.layers.0.mlp.up_proj", "language_model.model.layers.1.mlp.up_proj"
     out = [t for t in tensors if not t[0].startswith((bnb + ".", gptq + "."))]
-    out += [(f"{bnb}.weight", (128 * 64 // 2, 1), "U8"), (f"{bnb}.weight.absmax", (128,), "F32"),
-            (f"{bnb}.weight.quant_map", (16,), "F32"),
-            (f"{bnb}.weight.quant_state.bitsandbytes__nf4", (100,), "U8")]
-    out += [(f"{gptq}.{leaf}", shape, "I32") for leaf, shape in
-            (("qweight", (8, 128)), ("qzeros", (1, 16)), ("scales", (1, 128)), ("g_idx", (64,)))]
+    out += [
+        (f"{bnb}.weight", (128 * 64 // 2, 1), "U8"),
+        (f"{bnb}.weight.absmax", (128,), "F32"),
+        (f"{bnb}.weight.quant_map", (16,), "F32"),
+        (f"{bnb}.weight.quant_state.bitsandbytes__nf4", (100,), "U8"),
+    ]
+    out += [
+        (f"{gptq}.{leaf}", shape, "I32")
+        for leaf, shape in (("qweight", (8, 128)), ("qzeros", (1, 16)), ("scales", (1, 128)), ("g_idx", (64,)))
+    ]
     check = compare(model, out)
     assert (check.missing, check.unexpected, check.shape_mismatch) == ([], [], [])
 
@@ -136,4 +159,6 @@ def test_no_weights_is_not_checked(tmp_path, cli):
     code, out, err = cli("inspect", save_config("llava", tmp_path), "--json")
     assert code == 0 and err == ""
     assert json.loads(out)["checkpoint_check"] == {
-        "checked": False, "reason": "no *.safetensors weights beside the config"}
+        "checked": False,
+        "reason": "no *.safetensors weights beside the config",
+    }

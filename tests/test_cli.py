@@ -14,8 +14,17 @@ def test_inspect_json_has_the_design_shape(tmp_path, cli):
     code, out, err = cli("inspect", save_config("llava", tmp_path), "--json")
     assert code == 0, err
     data = json.loads(out)
-    assert list(data) == ["model", "model_type", "source", "total_params", "components", "other",
-                          "buffers", "notes", "checkpoint_check"]
+    assert list(data) == [
+        "model",
+        "model_type",
+        "source",
+        "total_params",
+        "components",
+        "other",
+        "buffers",
+        "notes",
+        "checkpoint_check",
+    ]
     assert data["buffers"] == {"total": 0, "components": {}} and data["notes"] == []
     assert data["source"] == "config" and data["model_type"] == "llava"
     assert list(data["components"]) == ["vision", "merger", "lm", "head"]
@@ -86,17 +95,24 @@ def test_hub_id_while_offline(cli, monkeypatch):
 def test_debug_variable_shows_traceback(tmp_path):
     (tmp_path / "config.json").write_text("{bad")
     env = {"VLMSURGEON_DEBUG": "1", "PATH": ""}
-    proc = subprocess.run([sys.executable, "-m", "vlmsurgeon.cli", "inspect", str(tmp_path)],
-                          capture_output=True, text=True, env=env, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-m", "vlmsurgeon.cli", "inspect", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
     assert proc.returncode != 0 and "Traceback" in proc.stderr
 
 
 def test_help_does_not_import_torch():
-    code = ("import sys, runpy; sys.argv=['vlmsurgeon','--help']\n"
-            "try:\n    runpy.run_module('vlmsurgeon.cli', run_name='__main__')\n"
-            "except SystemExit: pass\n"
-            "heavy=[m for m in ('torch','transformers','peft','bitsandbytes') if m in sys.modules]\n"
-            "print('HEAVY', heavy)")
+    code = (
+        "import sys, runpy; sys.argv=['vlmsurgeon','--help']\n"
+        "try:\n    runpy.run_module('vlmsurgeon.cli', run_name='__main__')\n"
+        "except SystemExit: pass\n"
+        "heavy=[m for m in ('torch','transformers','peft','bitsandbytes') if m in sys.modules]\n"
+        "print('HEAVY', heavy)"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert "HEAVY []" in proc.stdout, proc.stdout + proc.stderr
     assert "inspect" in proc.stdout and "tiny" in proc.stdout

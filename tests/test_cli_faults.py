@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -30,6 +29,7 @@ def one_line(err: str, code: int, expected: int) -> str:
 
 # ---- 1. VLMSURGEON_DEBUG changes what is printed, never the exit code --------------------------
 
+
 def test_debug_keeps_the_exit_code_of_bad_input(tmp_path, cli, monkeypatch):
     (tmp_path / "config.json").write_text("{bad")
     monkeypatch.setenv("VLMSURGEON_DEBUG", "1")
@@ -39,7 +39,7 @@ def test_debug_keeps_the_exit_code_of_bad_input(tmp_path, cli, monkeypatch):
 
 
 def test_debug_keeps_the_exit_code_of_a_runtime_failure(tmp_path, cli, monkeypatch):
-    from vlmsurgeon import inspection
+    from vlmsurgeon.model import inspection
 
     def broken(*args, **kwargs):
         raise RuntimeError("something inside broke\nsecond line")
@@ -61,22 +61,33 @@ def test_debug_keeps_the_exit_code_of_a_usage_error(cli, monkeypatch):
 def test_debug_in_a_fresh_process(tmp_path):
     (tmp_path / "config.json").write_bytes(b"\xff\xfe\x00")
     env = {**os.environ, "VLMSURGEON_DEBUG": "1"}
-    proc = subprocess.run([sys.executable, "-m", "vlmsurgeon.cli", "inspect", str(tmp_path)],
-                          capture_output=True, text=True, env=env, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-m", "vlmsurgeon.cli", "inspect", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
     assert proc.returncode == 2 and "Traceback" in proc.stderr
     assert "not a JSON text file" in proc.stderr.strip().splitlines()[-1]
 
 
 # ---- 2. usage errors: one line, exit 2; help unchanged --------------------------------------------
 
-@pytest.mark.parametrize("args,expected", [
-    (["inspect", "x", "--colour"], "inspect: no such option: --colour (try: vlmsurgeon inspect --help)"),
-    (["inspect"], "inspect: missing argument 'model' (try: vlmsurgeon inspect --help)"),
-    (["frobnicate"], "no such command 'frobnicate' (try: vlmsurgeon --help)"),
-    (["budget", "check", "b.yaml", "--junit"],
-     "budget check: option '--junit' requires an argument (try: vlmsurgeon budget check --help)"),
-    (["inspect", "x", "--depth", "deep"], "inspect: invalid value for '--depth' / '-d': "),
-])
+
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        (["inspect", "x", "--colour"], "inspect: no such option: --colour (try: vlmsurgeon inspect --help)"),
+        (["inspect"], "inspect: missing argument 'model' (try: vlmsurgeon inspect --help)"),
+        (["frobnicate"], "no such command 'frobnicate' (try: vlmsurgeon --help)"),
+        (
+            ["budget", "check", "b.yaml", "--junit"],
+            "budget check: option '--junit' requires an argument (try: vlmsurgeon budget check --help)",
+        ),
+        (["inspect", "x", "--depth", "deep"], "inspect: invalid value for '--depth' / '-d': "),
+    ],
+)
 def test_usage_errors_are_one_line(args, expected, cli):
     code, out, err = cli(*args)
     assert expected in one_line(err, code, 2) and out == ""
@@ -95,6 +106,7 @@ def test_help_and_version_still_work(cli):
 
 # ---- 3. configs refused before anything is built ------------------------------------------------
 
+
 def test_config_of_random_bytes(tmp_path, cli):
     (tmp_path / "config.json").write_bytes(bytes(range(255, 0, -1)))
     code, _, err = cli("inspect", tmp_path)
@@ -102,8 +114,9 @@ def test_config_of_random_bytes(tmp_path, cli):
 
 
 def test_absurd_layer_count_is_refused_at_once(tmp_path, cli):
-    (tmp_path / "config.json").write_text(json.dumps(
-        {"model_type": "llava", "text_config": {"model_type": "llama", "num_hidden_layers": 10**7}}))
+    (tmp_path / "config.json").write_text(
+        json.dumps({"model_type": "llava", "text_config": {"model_type": "llama", "num_hidden_layers": 10**7}})
+    )
     start = time.monotonic()
     code, _, err = cli("inspect", tmp_path)
     line = one_line(err, code, 2)
@@ -112,7 +125,7 @@ def test_absurd_layer_count_is_refused_at_once(tmp_path, cli):
 
 
 def test_layer_bound_leaves_real_models_alone():
-    from vlmsurgeon.sources import check_scale
+    from vlmsurgeon.model.sources import check_scale
 
     config = json.loads((ROOT / "examples" / "qwen3-vl-235b-a22b" / "config.json").read_text())
     check_scale(config, "qwen3-vl")
@@ -122,6 +135,7 @@ def test_layer_bound_leaves_real_models_alone():
 
 
 # ---- 4. paths and hub ids --------------------------------------------------------------------------
+
 
 def test_missing_path_under_an_existing_folder_is_a_path(tmp_path, cli, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -138,8 +152,12 @@ def test_hub_id_offline_hint_does_not_ask_for_offline(cli):
     assert "set HF_HUB_OFFLINE" not in line
 
 
-def test_hub_id_still_resolves_through_the_cache_beside_a_same_named_folder(tmp_path, hub_cache, cli,  # noqa: F811
-                                                                           monkeypatch):
+def test_hub_id_still_resolves_through_the_cache_beside_a_same_named_folder(
+    tmp_path,
+    hub_cache,  # noqa: F811 - the fixture imported above
+    cli,  # noqa: F811
+    monkeypatch,
+):
     from tests.conftest import save_config
 
     populate(hub_cache, "llava-hf/tiny", save_config("llava", tmp_path / "llava"))
@@ -150,10 +168,19 @@ def test_hub_id_still_resolves_through_the_cache_beside_a_same_named_folder(tmp_
     assert json.loads(out)["model_type"] == "llava"
 
 
-@pytest.mark.parametrize("text,kind", [("org/name", "hub"), ("./org/name", None), ("org/name/x", None),
-                                       ("org/config.json", None), ("~/org", None), ("/org/name", None)])
+@pytest.mark.parametrize(
+    "text,kind",
+    [
+        ("org/name", "hub"),
+        ("./org/name", None),
+        ("org/name/x", None),
+        ("org/config.json", None),
+        ("~/org", None),
+        ("/org/name", None),
+    ],
+)
 def test_reference_shapes(text, kind):
-    from vlmsurgeon.sources import resolve
+    from vlmsurgeon.model.sources import resolve
 
     if kind is None:
         with pytest.raises(BadInput, match="no such file or directory"):
@@ -163,6 +190,7 @@ def test_reference_shapes(text, kind):
 
 
 # ---- 5. hints name only what the running command has --------------------------------------------
+
 
 def test_remote_code_hint_follows_the_command(tmp_path, cli):
     folder = tmp_path / "phi"
@@ -179,7 +207,7 @@ def test_remote_code_hint_follows_the_command(tmp_path, cli):
 
 def test_hint_for_a_command_without_the_setting():
     from vlmsurgeon.errors import how_to_set, offer_settings, withdraw_settings
-    from vlmsurgeon.sources import remote_code_hint
+    from vlmsurgeon.model.sources import remote_code_hint
 
     assert how_to_set("trust_remote_code", "--trust-remote-code") == "pass --trust-remote-code"  # library use
     token = offer_settings({"dtype": "pass --dtype"})  # what `merge` offers: no remote code
@@ -194,7 +222,7 @@ def test_hint_for_a_command_without_the_setting():
 def test_each_command_offers_its_own_options():
     import typer
 
-    from vlmsurgeon.cli import _offer_settings, app
+    from vlmsurgeon.cli.app import _offer_settings, app
     from vlmsurgeon.errors import how_to_set
 
     seen = {}
@@ -202,7 +230,8 @@ def test_each_command_offers_its_own_options():
     for name in ("inspect", "merge"):
         sub = command.commands[name]
         sub.callback = lambda *a, _name=name, **k: seen.setdefault(
-            _name, how_to_set("trust_remote_code", "--trust-remote-code"))
+            _name, how_to_set("trust_remote_code", "--trust-remote-code")
+        )
     _offer_settings(command)
     command.commands["inspect"].callback(model="x")
     command.commands["merge"].callback(source="x")
@@ -211,8 +240,9 @@ def test_each_command_offers_its_own_options():
 
 # ---- 6. YAML: a key given twice is an error ---------------------------------------------------
 
+
 def test_duplicate_keys_everywhere_yaml_is_read(tmp_path):
-    from vlmsurgeon.preset import load_yaml_text, read_yaml
+    from vlmsurgeon.recipe.preset import load_yaml_text, read_yaml
 
     path = tmp_path / "x.yaml"
     path.write_text("a: 1\nb:\n  c: 2\n  c: 3\n")
@@ -224,13 +254,14 @@ def test_duplicate_keys_everywhere_yaml_is_read(tmp_path):
 
 
 def test_builtin_presets_have_no_duplicate_keys():
-    from vlmsurgeon.preset import builtin_names, load_preset
+    from vlmsurgeon.recipe.preset import builtin_names, load_preset
 
     for name in builtin_names():
         load_preset(name)
 
 
 # ---- 7. tiny: leftovers, modes, kills -------------------------------------------------------------
+
 
 def test_tiny_removes_what_killed_runs_left(tmp_path, cli):
     out = tmp_path / "t"
@@ -258,7 +289,7 @@ def test_tiny_removes_what_killed_runs_left(tmp_path, cli):
 
 @pytest.mark.parametrize("umask,dirs,files", [(0o022, 0o755, 0o644), (0o077, 0o700, 0o600)])
 def test_tiny_output_honours_the_umask(tmp_path, umask, dirs, files):
-    from vlmsurgeon.tiny import build_tiny
+    from vlmsurgeon.tiny.build import build_tiny
 
     old = os.umask(umask)
     try:
@@ -271,8 +302,12 @@ def test_tiny_output_honours_the_umask(tmp_path, umask, dirs, files):
 
 def test_tiny_killed_leaves_no_partial_output_and_the_rerun_succeeds(tmp_path, cli):
     out = tmp_path / "t"
-    proc = subprocess.Popen([sys.executable, "-m", "vlmsurgeon.cli", "tiny", "qwen2_vl", "-o", str(out)],
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vlmsurgeon.cli", "tiny", "qwen2_vl", "-o", str(out)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 120
     try:  # kill it once it has started writing: its staging folder exists, the model is being built
         while time.monotonic() < deadline and proc.poll() is None:
@@ -294,22 +329,37 @@ def test_tiny_killed_leaves_no_partial_output_and_the_rerun_succeeds(tmp_path, c
 
 # ---- 8. images the processor would misread or refuse -------------------------------------------
 
+
 def test_degenerate_images_are_bad_rows_before_training(tmp_path, tiny_models, cli, monkeypatch):
     from PIL import Image
 
-    from vlmsurgeon import train
+    from vlmsurgeon.train import loop as train
 
     monkeypatch.setattr(train, "load_for_training", lambda *a, **k: pytest.fail("loaded weights"))
     (tmp_path / "img").mkdir()
     rows = []
     for name, size in (("ok.png", (32, 32)), ("dot.png", (1, 1)), ("strip.png", (4000, 3))):
         Image.new("RGB", size, (200, 30, 30)).save(tmp_path / "img" / name)
-        rows.append({"messages": [{"role": "user", "content": "<image>What?"},
-                                  {"role": "assistant", "content": "Red."}], "images": [f"img/{name}"]})
+        rows.append(
+            {
+                "messages": [{"role": "user", "content": "<image>What?"}, {"role": "assistant", "content": "Red."}],
+                "images": [f"img/{name}"],
+            }
+        )
     data = tmp_path / "d.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    code, _, err = cli("finetune", tiny_models("qwen2_vl"), "--data", data, "-o", tmp_path / "run",
-                       "--freeze", "vision", "--steps", "1")
+    code, _, err = cli(
+        "finetune",
+        tiny_models("qwen2_vl"),
+        "--data",
+        data,
+        "-o",
+        tmp_path / "run",
+        "--freeze",
+        "vision",
+        "--steps",
+        "1",
+    )
     line = one_line(err, code, 2)
     assert "2 bad row(s) of 3, first: line 2: image of 1×1 pixels" in line
     report = (tmp_path / "run" / "bad_rows.txt").read_text()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tests.conftest import ROOT, save_config
-from vlmsurgeon.inspection import inspect_model
+from vlmsurgeon.model.inspection import inspect_model
 
 
 def linear(i: int, o: int, bias: bool = True) -> int:
@@ -21,12 +21,14 @@ def test_llava_1_5_7b_default_config(tmp_path: Path):
     h, i, layers, patch, image = 1024, 4096, 24, 14, 336
     positions = (image // patch) ** 2 + 1  # 576 patches + CLS
     clip_layer = 4 * linear(h, h) + 2 * layernorm(h) + linear(h, i) + linear(i, h)
-    vision = (h  # class_embedding
-              + 3 * patch * patch * h  # patch_embedding, no bias
-              + positions * h  # position_embedding
-              + layernorm(h)  # pre_layrnorm
-              + layers * clip_layer
-              + layernorm(h))  # post_layernorm
+    vision = (
+        h  # class_embedding
+        + 3 * patch * patch * h  # patch_embedding, no bias
+        + positions * h  # position_embedding
+        + layernorm(h)  # pre_layrnorm
+        + layers * clip_layer
+        + layernorm(h)
+    )  # post_layernorm
     th, ti, tl, vocab = 4096, 11008, 32, 32000
     merger = linear(h, th) + linear(th, th)
     llama_layer = 4 * th * th + 3 * th * ti + 2 * th
@@ -53,8 +55,12 @@ def test_qwen3_vl_235b_a22b_matches_seed_table():
     block = 2 * layernorm(vh) + linear(vh, 3 * vh) + linear(vh, vh) + linear(vh, vi) + linear(vi, vh)
     vision = (3 * tpatch * patch * patch * vh + vh) + npos * vh + depth * block
     merged = vh * merge * merge
-    merger = (layernorm(vh) + linear(merged, merged) + linear(merged, out)  # main merger
-              + 3 * (layernorm(merged) + linear(merged, merged) + linear(merged, out)))  # deepstack
+    merger = (
+        layernorm(vh)
+        + linear(merged, merged)
+        + linear(merged, out)  # main merger
+        + 3 * (layernorm(merged) + linear(merged, merged) + linear(merged, out))
+    )  # deepstack
     h, layers, heads, kv, hd, experts, moe_i, vocab = 4096, 94, 64, 4, 128, 128, 1536, 151936
     attn = h * heads * hd + 2 * h * kv * hd + heads * hd * h + 2 * hd  # q,k,v,o + q/k norms
     moe = h * experts + experts * h * 2 * moe_i + experts * moe_i * h  # router + gate_up + down

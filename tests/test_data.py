@@ -12,13 +12,18 @@ import pytest
 from PIL import Image
 
 from tests.conftest import ROOT
-from vlmsurgeon.collate import IGNORE, Collator
-from vlmsurgeon.data import load_dataset_rows
+from vlmsurgeon.data.collate import IGNORE, Collator
+from vlmsurgeon.data.rows import load_dataset_rows
 
-TWO_TURNS = {"messages": [
-    {"role": "user", "content": "<image>What colour?"}, {"role": "assistant", "content": "Red."},
-    {"role": "user", "content": "Sure?"}, {"role": "assistant", "content": "Yes, red."}],
-    "images": ["img/red.png"]}
+TWO_TURNS = {
+    "messages": [
+        {"role": "user", "content": "<image>What colour?"},
+        {"role": "assistant", "content": "Red."},
+        {"role": "user", "content": "Sure?"},
+        {"role": "assistant", "content": "Yes, red."},
+    ],
+    "images": ["img/red.png"],
+}
 
 
 @pytest.fixture
@@ -36,12 +41,14 @@ def write_rows(folder: Path, rows: list) -> Path:
 
 def subsequence_positions(ids: list[int], sub: list[int]) -> list[int]:
     for start in range(len(ids) - len(sub) + 1):
-        if ids[start:start + len(sub)] == sub:
+        if ids[start : start + len(sub)] == sub:
             return list(range(start, start + len(sub)))
     raise AssertionError("not found")
 
 
-@pytest.mark.parametrize("family,end", [("qwen2_vl", "<|im_end|>"), ("llava", "<|im_end|>"), ("gemma3", "<end_of_turn>")])
+@pytest.mark.parametrize(
+    "family,end", [("qwen2_vl", "<|im_end|>"), ("llava", "<|im_end|>"), ("gemma3", "<end_of_turn>")]
+)
 def test_labels_cover_exactly_the_assistant_turns(tiny_models, folder, family, end):
     from transformers import AutoProcessor
 
@@ -57,7 +64,7 @@ def test_labels_cover_exactly_the_assistant_turns(tiny_models, folder, family, e
         header = tok.encode(f"assistant\n{answer}{end}", add_special_tokens=False)
         body = tok.encode(f"{answer}{end}", add_special_tokens=False)
         at = subsequence_positions(ids, header)
-        expected += at[len(header) - len(body):]
+        expected += at[len(header) - len(body) :]
     positions = [i for i, label in enumerate(labels) if label != IGNORE]
     assert positions == expected
     assert all(labels[i] == ids[i] for i in positions)
@@ -68,12 +75,27 @@ def test_labels_cover_exactly_the_assistant_turns(tiny_models, folder, family, e
 
 BAD = [
     ('{"messages": [', "invalid JSON"),
-    ({"messages": [{"role": "user", "content": "<image>Hi"}, {"role": "assistant", "content": "Yo"}],
-      "images": ["img/missing.png"]}, "image not found: img/missing.png"),
-    ({"messages": [{"role": "user", "content": "<image><image>Hi"}, {"role": "assistant", "content": "Yo"}],
-      "images": ["img/red.png"]}, "2 image placeholder(s) but 1 image(s)"),
-    ({"messages": [{"role": "user", "content": "<image>Hi"}, {"role": "assistant", "content": "  "}],
-      "images": ["img/red.png"]}, "empty assistant turn (message 1)"),
+    (
+        {
+            "messages": [{"role": "user", "content": "<image>Hi"}, {"role": "assistant", "content": "Yo"}],
+            "images": ["img/missing.png"],
+        },
+        "image not found: img/missing.png",
+    ),
+    (
+        {
+            "messages": [{"role": "user", "content": "<image><image>Hi"}, {"role": "assistant", "content": "Yo"}],
+            "images": ["img/red.png"],
+        },
+        "2 image placeholder(s) but 1 image(s)",
+    ),
+    (
+        {
+            "messages": [{"role": "user", "content": "<image>Hi"}, {"role": "assistant", "content": "  "}],
+            "images": ["img/red.png"],
+        },
+        "empty assistant turn (message 1)",
+    ),
     ({"messages": [{"role": "user", "content": "Hi"}]}, "no assistant turn"),
     ({"messages": [{"role": "robot", "content": "Hi"}]}, "message 0: unknown role 'robot'"),
     ({"text": "hello"}, "unknown row format (keys: text)"),
@@ -84,8 +106,9 @@ BAD = [
 def test_each_bad_row_kind_is_reported_with_its_line(tiny_models, folder, cli, row, reason):
     data = write_rows(folder, [TWO_TURNS, row, TWO_TURNS])
     run = folder / "run"
-    code, out, err = cli("finetune", tiny_models("qwen2_vl"), "--data", data, "-o", run, "--freeze", "vision",
-                         "--steps", "1")
+    code, out, err = cli(
+        "finetune", tiny_models("qwen2_vl"), "--data", data, "-o", run, "--freeze", "vision", "--steps", "1"
+    )
     assert code == 2 and "Traceback" not in err
     assert f"line 2: {reason}" in err and "1 bad row(s) of 3" in err and "--skip-bad-rows" in err
     assert sorted(p.name for p in run.iterdir()) == ["bad_rows.txt"]  # nothing else was written
@@ -95,33 +118,55 @@ def test_each_bad_row_kind_is_reported_with_its_line(tiny_models, folder, cli, r
 def test_skip_bad_rows_trains_on_the_rest(tiny_models, folder, cli):
     data = write_rows(folder, [TWO_TURNS, BAD[1][0], TWO_TURNS])
     run = folder / "run"
-    code, out, err = cli("finetune", tiny_models("qwen2_vl"), "--data", data, "-o", run, "--freeze", "vision",
-                         "--steps", "2", "--skip-bad-rows")
+    code, out, err = cli(
+        "finetune",
+        tiny_models("qwen2_vl"),
+        "--data",
+        data,
+        "-o",
+        run,
+        "--freeze",
+        "vision",
+        "--steps",
+        "2",
+        "--skip-bad-rows",
+    )
     assert code == 0, err
     assert "skipped 1 bad row(s)" in out
     record = json.loads((run / "vlmsurgeon.json").read_text())["data"]
     assert record["path"] == str(data) and len(record["sha256"]) == 64
     assert {k: record[k] for k in ("rows", "images", "videos", "truncated", "skipped", "skipped_bad_rows")} == {
-        "rows": 2, "images": 2, "videos": 0, "truncated": 0, "skipped": 1, "skipped_bad_rows": 1}
+        "rows": 2,
+        "images": 2,
+        "videos": 0,
+        "truncated": 0,
+        "skipped": 1,
+        "skipped_bad_rows": 1,
+    }
 
 
 def test_three_formats_give_the_same_samples(tmp_path):
     messages_dir, conv_dir = tmp_path / "m", tmp_path / "c"
     for out, fmt in ((messages_dir, "messages"), (conv_dir, "conversations")):
-        subprocess.run([sys.executable, str(ROOT / "examples" / "make_shapes.py"), str(out), "--format", fmt],
-                       check=True, capture_output=True)
-    from datasets import Dataset, Features, Image as ImageFeature, Sequence, Value
+        subprocess.run(
+            [sys.executable, str(ROOT / "examples" / "make_shapes.py"), str(out), "--format", fmt],
+            check=True,
+            capture_output=True,
+        )
+    from datasets import Dataset, Sequence
+    from datasets import Image as ImageFeature
 
     rows = [json.loads(line) for line in (messages_dir / "train.jsonl").read_text().splitlines()]
-    table = Dataset.from_list([{"messages": r["messages"], "images": [str(messages_dir / p) for p in r["images"]]}
-                               for r in rows])
+    table = Dataset.from_list(
+        [{"messages": r["messages"], "images": [str(messages_dir / p) for p in r["images"]]} for r in rows]
+    )
     table = table.cast_column("images", Sequence(ImageFeature()))
     table.save_to_disk(str(tmp_path / "disk"))
     a = load_dataset_rows(messages_dir / "train.jsonl")
     b = load_dataset_rows(conv_dir / "train.jsonl")
     c = load_dataset_rows(tmp_path / "disk")
     assert not a.bad and not b.bad and not c.bad and len(a.samples) == len(b.samples) == len(c.samples) == 12
-    for x, y, z in zip(a.samples, b.samples, c.samples):
+    for x, y, z in zip(a.samples, b.samples, c.samples, strict=True):
         assert x.messages == y.messages == z.messages
         assert [p.name for p in x.images] == [p.name for p in y.images]  # each relative to its file
         assert len(z.images) == 1 and isinstance(z.images[0], (bytes, Path))  # read undecoded

@@ -12,16 +12,26 @@ import pytest
 import torch
 
 from tests.test_finetune import options
-from vlmsurgeon.diff import classify
+from vlmsurgeon.ship.diff import classify
 
 # qwen2_vl tiny model: tensors and parameters per component (hand-counted from its config:
 # vision 2 blocks of width 32, merger ln_q 32 + mlp 128×128 and 128→64, LM 2 layers of width 64,
 # head 264 × 64, untied)
 TENSORS = {"vision": 25, "merger": 6, "lm": 26, "head": 1}
 PARAMS = {"vision": 20160, "merger": 24832, "lm": 91200, "head": 16896}
-LM_LINEARS = {f"model.language_model.layers.{i}.{m}.weight" for i in (0, 1)
-              for m in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-                        "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")}
+LM_LINEARS = {
+    f"model.language_model.layers.{i}.{m}.weight"
+    for i in (0, 1)
+    for m in (
+        "self_attn.q_proj",
+        "self_attn.k_proj",
+        "self_attn.v_proj",
+        "self_attn.o_proj",
+        "mlp.gate_proj",
+        "mlp.up_proj",
+        "mlp.down_proj",
+    )
+}
 NUDGED = "model.language_model.layers.0.mlp.down_proj.weight"  # stored as model.layers.0.…
 
 
@@ -74,7 +84,7 @@ def test_bf16_export_without_training_is_cast_only(tiny_models, tmp_path, cli):
         assert (c["tensors"], c["changed"], c["cast_only"], c["unchanged"]) == (TENSORS[name], 0, TENSORS[name], 0)
         assert (c["cast_only_params"], c["changed_params"], c["changed_tensors"]) == (PARAMS[name], 0, [])
         assert c["max_abs_change"] == c["relative_frobenius"] == 0.0
-        assert 0 < c["cast_max_abs_change"] < 2 ** -8  # bf16 rounding of weights below 1 in size
+        assert 0 < c["cast_max_abs_change"] < 2**-8  # bf16 rounding of weights below 1 in size
     largest = max(c["cast_max_abs_change"] for c in result["components"].values())
 
     code, out, err = cli("diff", base, export)
@@ -85,8 +95,9 @@ def test_bf16_export_without_training_is_cast_only(tiny_models, tmp_path, cli):
 
     back = diff_json(cli, export, base)  # the wider side second: the same tensors, cast the other way
     assert back["casts"] == {"bfloat16->float32": 58}
-    assert {k: (c["changed"], c["cast_only"]) for k, c in back["components"].items()} == \
-        {k: (0, n) for k, n in TENSORS.items()}
+    assert {k: (c["changed"], c["cast_only"]) for k, c in back["components"].items()} == {
+        k: (0, n) for k, n in TENSORS.items()
+    }
 
 
 def test_a_real_change_beside_the_cast_is_changed(tiny_models, tmp_path, cli):
@@ -97,7 +108,7 @@ def test_a_real_change_beside_the_cast_is_changed(tiny_models, tmp_path, cli):
     lm = result["components"]["lm"]
     assert (lm["changed"], lm["cast_only"], lm["unchanged"], lm["changed_tensors"]) == (1, 25, 0, [NUDGED])
     assert (lm["changed_params"], lm["cast_only_params"]) == (64 * 128, PARAMS["lm"] - 64 * 128)
-    assert lm["max_abs_change"] == pytest.approx(0.5, abs=2 ** -7)  # the nudge, plus its rounding
+    assert lm["max_abs_change"] == pytest.approx(0.5, abs=2**-7)  # the nudge, plus its rounding
     others = {k: (c["changed"], c["cast_only"]) for k, c in result["components"].items() if k != "lm"}
     assert others == {k: (0, n) for k, n in TENSORS.items() if k != "lm"}
     code, out, _ = cli("diff", base, export)
@@ -106,8 +117,8 @@ def test_a_real_change_beside_the_cast_is_changed(tiny_models, tmp_path, cli):
 
 
 def test_freeze_vision_qlora_export_shows_vision_unchanged(tiny_models, shapes, tmp_path, cli):
-    from vlmsurgeon.merge import merge
-    from vlmsurgeon.train import finetune
+    from vlmsurgeon.ship.merge import merge
+    from vlmsurgeon.train.loop import finetune
 
     base = tiny_models("qwen2_vl")
     finetune(options(base, shapes, tmp_path / "run", steps=2))

@@ -18,8 +18,12 @@ import yaml
 from tests.conftest import ROOT
 
 CONFIGS = ROOT / "examples" / "accelerate"
-LAUNCH_ENV = ("ACCELERATE_USE_FSDP", "FSDP_SYNC_MODULE_STATES", "ACCELERATE_USE_DEEPSPEED",
-              "ACCELERATE_DEEPSPEED_ZERO_STAGE")
+LAUNCH_ENV = (
+    "ACCELERATE_USE_FSDP",
+    "FSDP_SYNC_MODULE_STATES",
+    "ACCELERATE_USE_DEEPSPEED",
+    "ACCELERATE_DEEPSPEED_ZERO_STAGE",
+)
 
 
 @pytest.fixture(autouse=True)
@@ -44,14 +48,41 @@ def test_two_process_run_under_accelerate_launch_saves_one_adapter(tiny_models, 
     base, run = tiny_models("qwen2_vl"), tmp_path / "run"
     accelerate = Path(sys.executable).parent / "accelerate"
     proc = subprocess.run(
-        [str(accelerate), "launch", "--config_file", str(CONFIGS / "ddp.yaml"), "--main_process_port",
-         str(_free_port()), "-m", "vlmsurgeon.cli", "finetune", str(base), "--data", str(shapes),
-         "-o", str(run), "--freeze", "vision", "--steps", "2"],
-        capture_output=True, text=True, cwd=ROOT, timeout=400)
+        [
+            str(accelerate),
+            "launch",
+            "--config_file",
+            str(CONFIGS / "ddp.yaml"),
+            "--main_process_port",
+            str(_free_port()),
+            "-m",
+            "vlmsurgeon.cli",
+            "finetune",
+            str(base),
+            "--data",
+            str(shapes),
+            "-o",
+            str(run),
+            "--freeze",
+            "vision",
+            "--steps",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=400,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count(f"{run}: 2 steps") == 1, proc.stdout  # the result line: rank 0 only
-    assert {p.name for p in run.iterdir()} == {"adapter", "processor", "checkpoints", "log.jsonl", "run.json",
-                                               "vlmsurgeon.json"}
+    assert {p.name for p in run.iterdir()} == {
+        "adapter",
+        "processor",
+        "checkpoints",
+        "log.jsonl",
+        "run.json",
+        "vlmsurgeon.json",
+    }
     steps = [r["step"] for r in map(json.loads, (run / "log.jsonl").read_text().splitlines()) if "loss" in r]
     assert steps == [1, 2]  # logged by rank 0, not twice
     record = json.loads((run / "vlmsurgeon.json").read_text())
@@ -63,7 +94,8 @@ def test_two_process_run_under_accelerate_launch_saves_one_adapter(tiny_models, 
     assert code == 0
     planned = json.loads(out)
     assert {c: s["trainable"] for c, s in record["report"].items()} == {
-        c: s["trainable"] for c, s in planned["components"].items()}
+        c: s["trainable"] for c, s in planned["components"].items()
+    }
     saved = load_file(str(run / "adapter" / "adapter_model.safetensors"))
     assert sum(t.numel() for t in saved.values()) == record["trainable_params"] == planned["trainable_params"]
     assert all(bool(torch.isfinite(t).all()) for t in saved.values())
@@ -73,8 +105,11 @@ def test_two_process_run_under_accelerate_launch_saves_one_adapter(tiny_models, 
     model = PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained(base), run / "adapter")
     state = model.state_dict()
     for key, tensor in saved.items():
-        loaded = key.replace("lora_A.weight", "lora_A.default.weight").replace(
-            "lora_B.weight", "lora_B.default.weight").replace(".merger.", ".merger.modules_to_save.default.")
+        loaded = (
+            key.replace("lora_A.weight", "lora_A.default.weight")
+            .replace("lora_B.weight", "lora_B.default.weight")
+            .replace(".merger.", ".merger.modules_to_save.default.")
+        )
         assert torch.equal(state[loaded], tensor), key
 
 
@@ -98,11 +133,17 @@ def test_every_shipped_config_says_how_to_run_it_and_accelerate_reads_it(name):
 def test_fsdp_configs_set_what_peft_requires_for_qlora():
     """peft's FSDP guide: cpu_ram_efficient_loading true (so sync_module_states true),
     use_orig_params false; for QLoRA on small GPUs, offload_params true."""
-    common = {"fsdp_version": 1, "fsdp_auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
-              "fsdp_cpu_ram_efficient_loading": True, "fsdp_sync_module_states": True,
-              "fsdp_use_orig_params": False, "fsdp_sharding_strategy": "FULL_SHARD",
-              "fsdp_state_dict_type": "SHARDED_STATE_DICT", "fsdp_backward_prefetch": "BACKWARD_PRE",
-              "fsdp_forward_prefetch": False}
+    common = {
+        "fsdp_version": 1,
+        "fsdp_auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+        "fsdp_cpu_ram_efficient_loading": True,
+        "fsdp_sync_module_states": True,
+        "fsdp_use_orig_params": False,
+        "fsdp_sharding_strategy": "FULL_SHARD",
+        "fsdp_state_dict_type": "SHARDED_STATE_DICT",
+        "fsdp_backward_prefetch": "BACKWARD_PRE",
+        "fsdp_forward_prefetch": False,
+    }
     for name, offload in (("fsdp.yaml", False), ("fsdp_qlora.yaml", True)):
         text, config = _config(name)
         assert config["distributed_type"] == "FSDP"
@@ -113,25 +154,32 @@ def test_fsdp_configs_set_what_peft_requires_for_qlora():
 def test_zero3_config_gathers_16bit_weights_and_leaves_accumulation_to_finetune():
     text, config = _config("deepspeed_zero3.yaml")
     assert config["distributed_type"] == "DEEPSPEED"
-    assert config["deepspeed_config"] == {"deepspeed_multinode_launcher": "standard",
-                                          "offload_optimizer_device": "none", "offload_param_device": "none",
-                                          "zero3_init_flag": True, "zero3_save_16bit_model": True,
-                                          "zero_stage": 3}
+    assert config["deepspeed_config"] == {
+        "deepspeed_multinode_launcher": "standard",
+        "offload_optimizer_device": "none",
+        "offload_param_device": "none",
+        "zero3_init_flag": True,
+        "zero3_save_16bit_model": True,
+        "zero_stage": 3,
+    }
     assert "bnb_4bit_quant_storage" in text and "pip install deepspeed" in text
 
 
-@pytest.mark.parametrize("env, storage", [
-    ({}, "uint8"),
-    ({"ACCELERATE_USE_FSDP": "true"}, "float32"),
-    ({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"}, "float32"),
-    ({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "2"}, "uint8"),
-])
+@pytest.mark.parametrize(
+    "env, storage",
+    [
+        ({}, "uint8"),
+        ({"ACCELERATE_USE_FSDP": "true"}, "float32"),
+        ({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"}, "float32"),
+        ({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "2"}, "uint8"),
+    ],
+)
 def test_4bit_weights_are_stored_in_the_compute_dtype_when_sharded(tiny_models, monkeypatch, env, storage):
     import bitsandbytes as bnb
     import torch
 
-    from vlmsurgeon.runconfig import RunOptions
-    from vlmsurgeon.train import _model_plan, load_for_training
+    from vlmsurgeon.train.loop import _model_plan, load_for_training
+    from vlmsurgeon.train.runconfig import RunOptions
 
     for name, value in env.items():
         monkeypatch.setenv(name, value)
@@ -151,42 +199,47 @@ def test_fsdp_that_syncs_on_a_gpu_is_refused_without_one(tiny_models, shapes, tm
     monkeypatch.setenv("FSDP_SYNC_MODULE_STATES", "true")
     monkeypatch.setattr(torch.accelerator, "is_available", lambda: False)
     run = tmp_path / "run"
-    code, out, err = cli("finetune", tiny_models("qwen2_vl"), "--data", shapes, "-o", run, "--freeze", "vision",
-                         "--steps", "2")
+    code, out, err = cli(
+        "finetune", tiny_models("qwen2_vl"), "--data", shapes, "-o", run, "--freeze", "vision", "--steps", "2"
+    )
     assert code == 2 and out == ""
     assert err.splitlines()[-1] == (
         "vlmsurgeon: error: accelerate config: FSDP with fsdp_sync_module_states (which "
         "fsdp_cpu_ram_efficient_loading needs) syncs on a GPU, and this machine has none (try: on the CPU "
-        "launch with examples/accelerate/ddp.yaml (DDP over gloo); FSDP needs GPUs)")
+        "launch with examples/accelerate/ddp.yaml (DDP over gloo); FSDP needs GPUs)"
+    )
     assert "Traceback" not in err and not run.exists()  # refused before the first weight, nothing left
 
 
 def _trainer(kind: str, callbacks: list, rank0: bool = True) -> SimpleNamespace:
     from accelerate.utils import DistributedType
 
-    trainer = SimpleNamespace(accelerator=SimpleNamespace(distributed_type=DistributedType(kind)),
-                              callback_handler=SimpleNamespace(callbacks=list(callbacks)),
-                              is_world_process_zero=lambda: rank0)
+    trainer = SimpleNamespace(
+        accelerator=SimpleNamespace(distributed_type=DistributedType(kind)),
+        callback_handler=SimpleNamespace(callbacks=list(callbacks)),
+        is_world_process_zero=lambda: rank0,
+    )
     trainer.remove_callback = trainer.callback_handler.callbacks.remove
     return trainer
 
 
 def test_fsdp_asked_on_the_cpu_is_said_to_run_as_ddp(monkeypatch):
-    from vlmsurgeon.distributed import fit_engine
+    from vlmsurgeon.train.distributed import fit_engine
 
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
     opts = SimpleNamespace(strict_grads=False)
     assert fit_engine(_trainer("MULTI_CPU", []), opts) == [
         "the accelerate config asks for FSDP, but accelerate runs this as MULTI_CPU (its FSDP needs GPUs): "
-        "every process holds the whole model"]
+        "every process holds the whole model"
+    ]
     assert fit_engine(_trainer("MULTI_CPU", [], rank0=False), opts) == []  # said once, by rank 0
     assert fit_engine(_trainer("FSDP", []), opts) == []
 
 
 def test_sharded_runs_leave_out_what_reads_whole_tensors(monkeypatch):
-    from vlmsurgeon.distributed import fit_engine
-    from vlmsurgeon.telemetry import EvalGenerate
-    from vlmsurgeon.trainer_parts import GradCheck, JsonlLog
+    from vlmsurgeon.train.distributed import fit_engine
+    from vlmsurgeon.train.telemetry import EvalGenerate
+    from vlmsurgeon.train.trainer import GradCheck, JsonlLog
 
     grads, log = GradCheck(applied=None, strict=True), JsonlLog(Path("log.jsonl"))
     evals = EvalGenerate.__new__(EvalGenerate)
@@ -197,6 +250,7 @@ def test_sharded_runs_leave_out_what_reads_whole_tensors(monkeypatch):
         "the first-step gradient check (--strict-grads) is off under DEEPSPEED, whose tensors are sharded; "
         "`vlmsurgeon plan --probe` runs it on one process",
         "--eval-generate is off under DEEPSPEED, whose tensors are sharded; "
-        "`vlmsurgeon eval RUN --data …` runs it afterwards"]
+        "`vlmsurgeon eval RUN --data …` runs it afterwards",
+    ]
     ddp = _trainer("MULTI_GPU", [grads, log])
     assert fit_engine(ddp, SimpleNamespace(strict_grads=True)) == [] and ddp.callback_handler.callbacks == [grads, log]

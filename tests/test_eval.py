@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from vlmsurgeon import generation
-from vlmsurgeon.data import load_dataset_rows
-from vlmsurgeon.evaluate import exact_match, normalize_answer, rouge_l, split_sample, token_f1
+from vlmsurgeon.data.rows import load_dataset_rows
+from vlmsurgeon.use import answer as answering
+from vlmsurgeon.use import generation
+from vlmsurgeon.use.evaluate import exact_match, normalize_answer, rouge_l, split_sample, token_f1
 
 # ---------------------------------------------------------------- metrics
 
@@ -57,9 +58,19 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 
 def test_prompt_is_everything_before_the_last_assistant_turn(tmp_path):
-    data = write_jsonl(tmp_path / "d.jsonl", [{"messages": [
-        {"role": "user", "content": "Hi."}, {"role": "assistant", "content": "Hello."},
-        {"role": "user", "content": "Colour?"}, {"role": "assistant", "content": " Blue. "}]}])
+    data = write_jsonl(
+        tmp_path / "d.jsonl",
+        [
+            {
+                "messages": [
+                    {"role": "user", "content": "Hi."},
+                    {"role": "assistant", "content": "Hello."},
+                    {"role": "user", "content": "Colour?"},
+                    {"role": "assistant", "content": " Blue. "},
+                ]
+            }
+        ],
+    )
     prompt, reference = split_sample(load_dataset_rows(data).samples[0])
     assert [m["role"] for m in prompt] == ["user", "assistant", "user"]
     assert prompt[-1]["content"] == [{"type": "text", "text": "Colour?"}]
@@ -67,18 +78,28 @@ def test_prompt_is_everything_before_the_last_assistant_turn(tmp_path):
 
 
 def test_a_reference_after_a_tool_result_is_skipped_with_its_reason(tmp_path):
-    from vlmsurgeon.evaluate import load_rows
+    from vlmsurgeon.use.evaluate import load_rows
 
     call = {"type": "function", "function": {"name": "weather", "arguments": "{}"}}
-    data = write_jsonl(tmp_path / "d.jsonl", [
-        {"messages": [{"role": "user", "content": "Weather?"},
-                      {"role": "assistant", "content": None, "tool_calls": [call]},
-                      {"role": "tool", "content": "sunny"}, {"role": "assistant", "content": "Sunny."}]},
-        {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]}])
+    data = write_jsonl(
+        tmp_path / "d.jsonl",
+        [
+            {
+                "messages": [
+                    {"role": "user", "content": "Weather?"},
+                    {"role": "assistant", "content": None, "tool_calls": [call]},
+                    {"role": "tool", "content": "sunny"},
+                    {"role": "assistant", "content": "Sunny."},
+                ]
+            },
+            {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]},
+        ],
+    )
     rows, skipped = load_rows(str(data))
     assert [row.line for _, row in rows] == [2] and rows[0][1].reference == "Hello."
     assert [str(b) for b in skipped] == [
-        "line 1: the last assistant turn follows a 'tool' turn, not a user turn: no prompt to answer"]
+        "line 1: the last assistant turn follows a 'tool' turn, not a user turn: no prompt to answer"
+    ]
 
 
 class FakeModel:
@@ -91,15 +112,15 @@ class FakeModel:
         monkeypatch.setattr(generation, "source_kind", lambda source: "model")
         monkeypatch.setattr(generation, "check_source", lambda source, **kwargs: "model")
         monkeypatch.setattr(generation, "load_for_inference", self.load)
-        monkeypatch.setattr(generation, "answer", self.answer)
+        monkeypatch.setattr(answering, "answer", self.answer)
 
     def load(self, source, *, base=None, trust_remote_code=False):
-        return generation.Loaded(None, None, "model", source, False)
+        return answering.Loaded(None, None, "model", source, False)
 
     def answer(self, loaded, messages, images=(), videos=(), *, max_new_tokens=128, temperature=0.0, on_text=None):
         self.calls.append((loaded.source, len(images), temperature))
         text = messages[-1]["content"][-1]["text"]
-        return generation.Answer(self.replies[loaded.source][text], 3, 10, 0.01)
+        return answering.Answer(self.replies[loaded.source][text], 3, 10, 0.01)
 
 
 @pytest.fixture
@@ -108,16 +129,20 @@ def picture_data(tmp_path):
 
     Image.new("RGB", (300, 200), (200, 30, 30)).save(tmp_path / "red.png")
     rows = [
-        {"messages": [{"role": "user", "content": "<image>Colour?"}, {"role": "assistant", "content": "Red."}],
-         "images": ["red.png"]},
+        {
+            "messages": [{"role": "user", "content": "<image>Colour?"}, {"role": "assistant", "content": "Red."}],
+            "images": ["red.png"],
+        },
         {"messages": [{"role": "user", "content": "Say <b>hi</b> & go"}]},  # no assistant turn: skipped
         {"messages": [{"role": "user", "content": "Shape?"}, {"role": "assistant", "content": "A <square>."}]},
     ]
     return write_jsonl(tmp_path / "d.jsonl", rows)
 
 
-REPLIES = {"tuned": {"Colour?": "red", "Shape?": "a square"},
-           "base": {"Colour?": "blue <script>x</script>", "Shape?": "<square>"}}
+REPLIES = {
+    "tuned": {"Colour?": "red", "Shape?": "a square"},
+    "base": {"Colour?": "blue <script>x</script>", "Shape?": "<square>"},
+}
 
 
 class Page(HTMLParser):
@@ -240,8 +265,8 @@ def test_bad_input_exits_2_before_loading(cli, monkeypatch, tmp_path, picture_da
 
 
 def test_overfit_model_beats_its_base(cli, tiny_models, shapes, tmp_path):
-    from vlmsurgeon.runconfig import RunOptions
-    from vlmsurgeon.train import finetune
+    from vlmsurgeon.train.loop import finetune
+    from vlmsurgeon.train.runconfig import RunOptions
 
     four = tmp_path / "four.jsonl"
     # the tiny tokenizer spells bytes: "A red triangle." and its end token take 17 new tokens
@@ -250,10 +275,32 @@ def test_overfit_model_beats_its_base(cli, tiny_models, shapes, tmp_path):
         (tmp_path / "img").mkdir(exist_ok=True)
         (tmp_path / "img" / image.name).write_bytes(image.read_bytes())
     base = tiny_models("qwen2_vl")
-    finetune(RunOptions(model=str(base), data=str(four), output=str(tmp_path / "run"), freeze="vision",
-                        steps=40, lr=5e-3, batch_size=2, seq_len=512, seed=0))
-    code, out, err = cli("eval", tmp_path / "run", "--data", four, "--compare", base, "--max-new-tokens", "20",
-                         "-o", tmp_path / "report", "--json")
+    finetune(
+        RunOptions(
+            model=str(base),
+            data=str(four),
+            output=str(tmp_path / "run"),
+            freeze="vision",
+            steps=40,
+            lr=5e-3,
+            batch_size=2,
+            seq_len=512,
+            seed=0,
+        )
+    )
+    code, out, err = cli(
+        "eval",
+        tmp_path / "run",
+        "--data",
+        four,
+        "--compare",
+        base,
+        "--max-new-tokens",
+        "20",
+        "-o",
+        tmp_path / "report",
+        "--json",
+    )
     assert code == 0, err
     result = json.loads(out)
     tuned, untuned = result["totals"]["model"]["exact_match"], result["totals"]["compare"]["exact_match"]
@@ -275,8 +322,8 @@ def test_an_unwritable_report_is_refused_before_loading(cli, monkeypatch, pictur
     import os
 
     from vlmsurgeon.errors import BadInput
-    from vlmsurgeon.eval_report import write_report
-    from vlmsurgeon.evaluate import EvalResult, Model
+    from vlmsurgeon.use.eval_report import write_report
+    from vlmsurgeon.use.evaluate import EvalResult, Model
 
     fake = FakeModel(REPLIES)
     fake.install(monkeypatch)
@@ -302,7 +349,7 @@ def test_a_missing_compare_is_refused_before_generating(cli, monkeypatch, pictur
 
     model = tiny_models("llava")
     fake = FakeModel({str(model): REPLIES["tuned"]})
-    monkeypatch.setattr(generation, "answer", fake.answer)  # SOURCE itself loads for real
+    monkeypatch.setattr(answering, "answer", fake.answer)  # SOURCE itself loads for real
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     code, out, err = cli("eval", model, "--data", picture_data, "--compare", "org/no-such-model")
     assert (code, out) == (2, "") and len(err.splitlines()) == 1, err

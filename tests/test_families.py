@@ -12,19 +12,28 @@ import torch
 from PIL import Image
 
 from tests.family_sweep import lm_linear_kinds
-from vlmsurgeon.collate import IGNORE, Collator
-from vlmsurgeon.data import load_dataset_rows
-from vlmsurgeon.runconfig import RunOptions
-from vlmsurgeon.train import finetune
+from vlmsurgeon.data.collate import IGNORE, Collator
+from vlmsurgeon.data.rows import load_dataset_rows
+from vlmsurgeon.train.loop import finetune
+from vlmsurgeon.train.runconfig import RunOptions
 
 
 @pytest.mark.parametrize("family", ["gemma3", "paligemma"])
 def test_tied_head_family_trains_in_4bit_and_verifies(tiny_models, shapes, tmp_path, family, cli):
     import bitsandbytes as bnb
 
-    result = finetune(RunOptions(model=str(tiny_models(family)), data=str(shapes),
-                                 output=str(tmp_path / "run"), freeze="vision", steps=2,
-                                 batch_size=2, seq_len=1024, lr=1e-3))
+    result = finetune(
+        RunOptions(
+            model=str(tiny_models(family)),
+            data=str(shapes),
+            output=str(tmp_path / "run"),
+            freeze="vision",
+            steps=2,
+            batch_size=2,
+            seq_len=1024,
+            lr=1e-3,
+        )
+    )
     model = result.applied.model
     head = model.get_output_embeddings()
     embed = model.get_input_embeddings()
@@ -33,8 +42,9 @@ def test_tied_head_family_trains_in_4bit_and_verifies(tiny_models, shapes, tmp_p
     kinds = lm_linear_kinds(result.applied)
     assert kinds["lm"] == {True}  # every LM Linear is 4-bit ...
     assert all(kinds[c] == {False} for c in kinds if c != "lm")  # ... and nothing else
-    lm_linears = [n for n, m in model.named_modules()
-                  if isinstance(m, bnb.nn.Linear4bit) and result.applied.component(n) == "lm"]
+    lm_linears = [
+        n for n, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit) and result.applied.component(n) == "lm"
+    ]
     assert len(lm_linears) == 14  # 2 layers × (q, k, v, o, gate, up, down)
     record = json.loads((tmp_path / "run" / "vlmsurgeon.json").read_text())
     assert record["quantize"] == "4bit-nf4-double-quant" and record["training"]["global_step"] == 2
@@ -44,9 +54,10 @@ def test_tied_head_family_trains_in_4bit_and_verifies(tiny_models, shapes, tmp_p
 
 
 def _paligemma(tmp_path: Path, layers: int) -> tuple[object, object]:
-    from vlmsurgeon.tiny import build_config, build_processor, build_tokenizer
-    from vlmsurgeon.tiny_families import FAMILIES
     from transformers import PaliGemmaForConditionalGeneration
+
+    from vlmsurgeon.tiny.build import build_config, build_processor, build_tokenizer
+    from vlmsurgeon.tiny.families import FAMILIES
 
     family = FAMILIES["paligemma"]
     tokenizer = build_tokenizer(family)
@@ -63,8 +74,10 @@ def _two_answer_batch(tmp_path: Path, processor, rgb: tuple[int, int, int], turn
     """One image and two question/answer turns, collated as finetune collates them."""
     (tmp_path / "img").mkdir()
     Image.new("RGB", (32, 32), rgb).save(tmp_path / "img" / "a.png")
-    messages = [{"role": role, "content": ("<image>" if i == 0 else "") + text}
-                for i, (role, text) in enumerate(zip(["user", "assistant"] * 2, turns))]
+    messages = [
+        {"role": role, "content": ("<image>" if i == 0 else "") + text}
+        for i, (role, text) in enumerate(zip(["user", "assistant"] * 2, turns, strict=False))
+    ]
     (tmp_path / "train.jsonl").write_text(json.dumps({"messages": messages, "images": ["img/a.png"]}) + "\n")
     return Collator(processor, 1024)(load_dataset_rows(tmp_path / "train.jsonl").samples)
 

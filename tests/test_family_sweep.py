@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from tests.family_sweep import sweep
-from vlmsurgeon.tiny_families import FAMILIES
+from vlmsurgeon.tiny.families import FAMILIES
 
 # Families `tiny` builds whose chain is known not to complete, by reason (none today).
 KNOWN_FAILURES: dict[str, str] = {}

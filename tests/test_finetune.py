@@ -14,13 +14,22 @@ import torch
 from safetensors.torch import load_file
 
 from tests.conftest import ROOT
-from vlmsurgeon.runconfig import RunOptions
-from vlmsurgeon.train import finetune
+from vlmsurgeon.train.loop import finetune
+from vlmsurgeon.train.runconfig import RunOptions
 
 
 def options(model: Path, data: Path, out: Path, **extra) -> RunOptions:
-    base = dict(model=str(model), data=str(data), output=str(out), freeze="vision", steps=30,
-                lr=5e-3, batch_size=2, seq_len=512, seed=0)
+    base = dict(
+        model=str(model),
+        data=str(data),
+        output=str(out),
+        freeze="vision",
+        steps=30,
+        lr=5e-3,
+        batch_size=2,
+        seq_len=512,
+        seed=0,
+    )
     return RunOptions(**{**base, **extra})
 
 
@@ -80,7 +89,9 @@ def test_freeze_vision_leaves_vision_bit_identical(tiny_models, shapes, tmp_path
     assert merger and all(k in base for k in merger)
     assert all(not torch.equal(t, base[k]) for k, t in merger.items() if k.endswith("weight"))
     # the adapter loads on the base with plain peft
-    model = PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained(base_dir), tmp_path / "run" / "adapter")
+    model = PeftModel.from_pretrained(
+        AutoModelForImageTextToText.from_pretrained(base_dir), tmp_path / "run" / "adapter"
+    )
     assert sum(1 for n, _ in model.named_parameters() if "lora_A" in n) == 14
 
 
@@ -103,7 +114,7 @@ def test_resume_is_exact(tiny_models, shapes, tmp_path):
 
 
 def test_incomplete_checkpoint_is_not_resumed(tiny_models, shapes, tmp_path):
-    from vlmsurgeon.train import latest_checkpoint
+    from vlmsurgeon.train.loop import latest_checkpoint
 
     run = tmp_path / "run"
     finetune(options(tiny_models("qwen2_vl"), shapes, run, steps=4, save_every=2, quantize="none"))
@@ -116,9 +127,27 @@ def test_interrupt_saves_a_checkpoint_then_resume_finishes(tiny_models, shapes, 
     import time
 
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "vlmsurgeon.cli", "finetune", str(tiny_models("qwen2_vl")), "--data",
-           str(shapes), "-o", str(run), "--freeze", "vision", "--steps", "400", "--quantize", "none",
-           "--lr", "1e-3", "--save-every", "1000"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "vlmsurgeon.cli",
+        "finetune",
+        str(tiny_models("qwen2_vl")),
+        "--data",
+        str(shapes),
+        "-o",
+        str(run),
+        "--freeze",
+        "vision",
+        "--steps",
+        "400",
+        "--quantize",
+        "none",
+        "--lr",
+        "1e-3",
+        "--save-every",
+        "1000",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     log = run / "log.jsonl"
     deadline = time.time() + 120
@@ -148,10 +177,32 @@ def test_cpu_ddp_smoke_two_processes(tiny_models, shapes, tmp_path):
     run = tmp_path / "ddp"
     torchrun = Path(sys.executable).parent / "torchrun"
     proc = subprocess.run(
-        [str(torchrun), "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(port),
-         "-m", "vlmsurgeon.cli", "finetune", str(tiny_models("qwen2_vl")), "--data", str(shapes),
-         "-o", str(run), "--freeze", "vision", "--steps", "2"],
-        capture_output=True, text=True, cwd=ROOT, timeout=300)
+        [
+            str(torchrun),
+            "--nproc_per_node",
+            "2",
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(port),
+            "-m",
+            "vlmsurgeon.cli",
+            "finetune",
+            str(tiny_models("qwen2_vl")),
+            "--data",
+            str(shapes),
+            "-o",
+            str(run),
+            "--freeze",
+            "vision",
+            "--steps",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     record = json.loads((run / "vlmsurgeon.json").read_text())
     assert record["training"]["world_size"] == 2 and record["training"]["global_step"] == 2

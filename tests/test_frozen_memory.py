@@ -9,11 +9,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from vlmsurgeon.runconfig import RunOptions
+from vlmsurgeon.train.runconfig import RunOptions
 
 
 def _run(model_dir, **extra) -> SimpleNamespace:
-    from vlmsurgeon.train import _model_plan
+    from vlmsurgeon.train.loop import _model_plan
 
     opts = RunOptions(model=str(model_dir), freeze="vision", **extra)
     source, tree, preset, opts = _model_plan(str(model_dir), opts, False)
@@ -24,9 +24,9 @@ def _ours(run):
     """What `finetune` does: load, prepare, apply the preset, build the Trainer (drops the hooks)."""
     from transformers import set_seed
 
-    from vlmsurgeon.freeze import apply_preset
-    from vlmsurgeon.prepare import cast_trained, drop_input_grad_hooks
-    from vlmsurgeon.train import _load_model
+    from vlmsurgeon.recipe.freeze import apply_preset
+    from vlmsurgeon.train.loop import _load_model
+    from vlmsurgeon.train.prepare import cast_trained, drop_input_grad_hooks
 
     model, quantized = _load_model(run)
     assert quantized
@@ -42,19 +42,23 @@ def _peft_prepared(run):
     from peft import prepare_model_for_kbit_training
     from transformers import set_seed
 
-    from vlmsurgeon.freeze import apply_preset
-    from vlmsurgeon.train import load_for_training
+    from vlmsurgeon.recipe.freeze import apply_preset
+    from vlmsurgeon.train.loop import load_for_training
 
     model = load_for_training(run.reference, run.opts, run.preset, run.tree, run.source.model_type)
-    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True,
-                                            gradient_checkpointing_kwargs={"use_reentrant": False})
+    model = prepare_model_for_kbit_training(
+        model, use_gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": False}
+    )
     set_seed(0)
     return apply_preset(model, run.preset, run.source.model_type)
 
 
 def _dtypes(applied, component: str, trainable: bool) -> set[torch.dtype]:
-    return {p.dtype for n, p in applied.model.named_parameters()
-            if applied.component(n) == component and p.requires_grad == trainable}
+    return {
+        p.dtype
+        for n, p in applied.model.named_parameters()
+        if applied.component(n) == component and p.requires_grad == trainable
+    }
 
 
 def test_frozen_bf16_vision_stays_bf16_and_trained_parameters_are_fp32(tiny_models):
@@ -72,12 +76,14 @@ def test_frozen_bf16_vision_stays_bf16_and_trained_parameters_are_fp32(tiny_mode
     # the LM's frozen norms and embeddings stay bf16 beside its 4-bit layers
     assert _dtypes(applied, "lm", False) == {torch.bfloat16, torch.uint8}
     assert any(isinstance(m, bnb.nn.Linear4bit) for m in applied.model.modules())
-    vision = sum(p.numel() * p.element_size() for n, p in applied.model.named_parameters()
-                 if applied.component(n) == "vision")
+    vision = sum(
+        p.numel() * p.element_size() for n, p in applied.model.named_parameters() if applied.component(n) == "vision"
+    )
     old = _peft_prepared(run)
     assert _dtypes(old, "vision", False) == {torch.float32}  # what peft's helper did
-    old_vision = sum(p.numel() * p.element_size() for n, p in old.model.named_parameters()
-                     if old.component(n) == "vision")
+    old_vision = sum(
+        p.numel() * p.element_size() for n, p in old.model.named_parameters() if old.component(n) == "vision"
+    )
     assert old_vision == 2 * vision
 
 
@@ -97,9 +103,9 @@ def _vision_graph(applied, batch) -> list[bool]:
 
 @pytest.fixture(scope="module")
 def batch(tiny_models, shapes):
-    from vlmsurgeon.collate import Collator
-    from vlmsurgeon.data import load_dataset_rows
-    from vlmsurgeon.train import load_processor
+    from vlmsurgeon.data.collate import Collator
+    from vlmsurgeon.data.rows import load_dataset_rows
+    from vlmsurgeon.train.loop import load_processor
 
     processor, _ = load_processor(str(tiny_models("qwen2_vl")), RunOptions())
     samples = load_dataset_rows(str(shapes)).samples
@@ -135,25 +141,37 @@ def test_same_loss_and_gradients_as_the_old_preparation_in_fp32(tiny_models, bat
         torch.testing.assert_close(grad, old_grads[name], atol=1e-5, rtol=1e-5, msg=name)
 
 
-def test_offload_activations_refused_without_cuda_before_any_weight_loads(tiny_models, shapes, tmp_path,
-                                                                          cli, monkeypatch):
+def test_offload_activations_refused_without_cuda_before_any_weight_loads(
+    tiny_models, shapes, tmp_path, cli, monkeypatch
+):
     from transformers import AutoModelForImageTextToText
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(AutoModelForImageTextToText, "from_pretrained",
-                        lambda *a, **k: pytest.fail("loaded weights"))
-    code, out, err = cli("finetune", tiny_models("qwen2_vl"), "--data", shapes, "--freeze", "vision",
-                         "-o", tmp_path / "run", "--steps", "1", "--offload-activations")
+    monkeypatch.setattr(AutoModelForImageTextToText, "from_pretrained", lambda *a, **k: pytest.fail("loaded weights"))
+    code, out, err = cli(
+        "finetune",
+        tiny_models("qwen2_vl"),
+        "--data",
+        shapes,
+        "--freeze",
+        "vision",
+        "-o",
+        tmp_path / "run",
+        "--steps",
+        "1",
+        "--offload-activations",
+    )
     assert code == 2 and out == ""
     assert err.strip().splitlines()[-1] == (
         "vlmsurgeon: error: --offload-activations: no CUDA device here, and it moves activations off a GPU "
-        "(try: drop --offload-activations, or run on a machine with a CUDA GPU)")
+        "(try: drop --offload-activations, or run on a machine with a CUDA GPU)"
+    )
     assert "Traceback" not in err
 
 
 def test_offload_activations_needs_checkpointing():
     from vlmsurgeon.errors import BadInput
-    from vlmsurgeon.prepare import check_offload
+    from vlmsurgeon.train.prepare import check_offload
 
     opts = RunOptions(offload_activations=True, gradient_checkpointing=False)
     with pytest.MonkeyPatch.context() as patch:
@@ -162,7 +180,8 @@ def test_offload_activations_needs_checkpointing():
             check_offload(opts)
     assert caught.value.line() == (
         "--offload-activations offloads the inputs gradient checkpointing keeps, and "
-        "--no-gradient-checkpointing turns that off (try: drop one of the two)")
+        "--no-gradient-checkpointing turns that off (try: drop one of the two)"
+    )
     check_offload(RunOptions())  # off: nothing to check
 
 
@@ -171,7 +190,7 @@ def test_training_configs_build_no_cache_and_the_saved_config_is_untouched(tiny_
     and warn on every run); the checkpoint's own config keeps what it said."""
     import json
 
-    from vlmsurgeon.train import _load_model
+    from vlmsurgeon.train.loop import _load_model
 
     model_dir = tiny_models("qwen2_vl")
     run = _run(model_dir)

@@ -17,9 +17,10 @@ import pytest
 from tests.conftest import ROOT, unknown_model
 from tests.test_finetune import options
 from vlmsurgeon.errors import BadInput
-from vlmsurgeon.generation import answer, load_for_inference, source_kind, user_turn
-from vlmsurgeon.merge import MergePlan, merge
-from vlmsurgeon.train import finetune
+from vlmsurgeon.ship.merge import MergePlan, merge
+from vlmsurgeon.train.loop import finetune
+from vlmsurgeon.use.answer import answer, user_turn
+from vlmsurgeon.use.generation import load_for_inference, source_kind
 
 PROMPT = "What is in the picture?"
 
@@ -57,11 +58,9 @@ def test_run_and_its_fp32_export_answer_the_same(runs, image, cli, family):
 
 def test_json_for_every_kind(runs, image, cli):
     base, run, export = runs["qwen2_vl"]
-    cases = [((base,), "model"), ((run,), "run"), ((run / "adapter", "--base", base), "adapter"),
-             ((export,), "export")]
+    cases = [((base,), "model"), ((run,), "run"), ((run / "adapter", "--base", base), "adapter"), ((export,), "export")]
     for args, kind in cases:
-        code, out, err = cli("generate", *args, "--image", image, "--prompt", PROMPT, "--max-new-tokens", "6",
-                             "--json")
+        code, out, err = cli("generate", *args, "--image", image, "--prompt", PROMPT, "--max-new-tokens", "6", "--json")
         assert code == 0, err
         lines = out.strip().splitlines()
         assert len(lines) == 1
@@ -106,8 +105,14 @@ def test_chat_on_a_terminal(runs, image):
     _, run, _ = runs["qwen2_vl"]
     master, slave = pty.openpty()
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "vlmsurgeon.cli", "chat", str(run), "--max-new-tokens", "6"],
-                            stdin=slave, stdout=slave, stderr=subprocess.PIPE, cwd=ROOT, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vlmsurgeon.cli", "chat", str(run), "--max-new-tokens", "6"],
+        stdin=slave,
+        stdout=slave,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
+        env=env,
+    )
     os.close(slave)
     try:
         seen = _read_until(master, "you> ", "")
@@ -128,7 +133,7 @@ def test_chat_on_a_terminal(runs, image):
 
 
 def test_a_bad_image_is_refused_before_any_weight_loads(runs, cli, tmp_path, monkeypatch):
-    from vlmsurgeon import generation
+    from vlmsurgeon.use import generation
 
     def must_not_load(*args, **kwargs):
         raise AssertionError("a refused image must not load weights")
@@ -146,27 +151,43 @@ def test_media_are_checked_as_data_check_does_and_videos_sampled_as_training(run
     with the reason data check gives for the same reference; a video is sampled as finetune samples
     it (collate's fps, frame cap and pixel budget), not decoded whole."""
     from tests.test_formats import write_video
-    from vlmsurgeon import generation, media
-    from vlmsurgeon.collate import VIDEO_FPS, VIDEO_FRAME_PIXELS, VIDEO_MAX_FRAMES
-    from vlmsurgeon.data import load_dataset_rows
+    from vlmsurgeon.data import media
+    from vlmsurgeon.data.collate import VIDEO_FPS, VIDEO_FRAME_PIXELS, VIDEO_MAX_FRAMES
+    from vlmsurgeon.data.rows import load_dataset_rows
+    from vlmsurgeon.use import generation
 
     base, run, _ = runs["qwen2_vl"]
     (tmp_path / "text.mp4").write_text("not a video")
     (tmp_path / "tiny.png").write_bytes(_png(2, 2))
-    bad = [("video", tmp_path / "missing.mp4"), ("video", tmp_path / "text.mp4"), ("image", tmp_path / "tiny.png"),
-           ("image", "https://example.com/cat.png")]
+    bad = [
+        ("video", tmp_path / "missing.mp4"),
+        ("video", tmp_path / "text.mp4"),
+        ("image", tmp_path / "tiny.png"),
+        ("image", "https://example.com/cat.png"),
+    ]
     data = tmp_path / "data.jsonl"
-    data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"<{kind}>Hi"},
-                                                     {"role": "assistant", "content": "Yo"}],
-                                        f"{kind}s": [str(ref)]}) + "\n" for kind, ref in bad))
+    data.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "messages": [{"role": "user", "content": f"<{kind}>Hi"}, {"role": "assistant", "content": "Yo"}],
+                    f"{kind}s": [str(ref)],
+                }
+            )
+            + "\n"
+            for kind, ref in bad
+        )
+    )
     reasons = [row.reason for row in load_dataset_rows(data).bad]
     with monkeypatch.context() as patch:
         patch.setattr(generation, "load_for_inference", lambda *a, **k: pytest.fail("weights were loaded"))
         for (kind, ref), reason in zip(bad, reasons, strict=True):
             code, out, err = cli("generate", run, f"--{kind}", ref, "--prompt", PROMPT)
             assert (code, out) == (2, ""), err
-            assert len(err.strip().splitlines()) == 1 and err.startswith(f"vlmsurgeon: error: {reason} (try: "), \
-                (reason, err)
+            assert len(err.strip().splitlines()) == 1 and err.startswith(f"vlmsurgeon: error: {reason} (try: "), (
+                reason,
+                err,
+            )
     calls = []
 
     def spy(ref, max_frames, fps, max_pixels=None):
@@ -199,8 +220,10 @@ def test_bad_input_is_one_line_exit_2(runs, image, cli, tmp_path, shapes):
     cases = [
         (("generate", run, "--image", tmp_path / "missing.png", "--prompt", PROMPT), "image not found"),
         (("generate", base, "--base", base, "--image", image, "--prompt", PROMPT), "needs no base"),
-        (("generate", run / "adapter", "--base", tmp_path / "nowhere", "--image", image, "--prompt", PROMPT),
-         "is not a local directory"),
+        (
+            ("generate", run / "adapter", "--base", tmp_path / "nowhere", "--image", image, "--prompt", PROMPT),
+            "is not a local directory",
+        ),
         (("generate", run, "--prompt", PROMPT, "--temperature", "-1"), "--temperature"),
         (("generate", run, "--video", image, "--prompt", PROMPT), "takes no video"),
         (("generate", empty, "--image", image, "--prompt", PROMPT), "is not a model directory"),
@@ -216,8 +239,7 @@ def test_bad_input_is_one_line_exit_2(runs, image, cli, tmp_path, shapes):
 
 def test_source_kind_without_loading(runs, tmp_path):
     base, run, export = runs["llava"]
-    assert [source_kind(str(p)) for p in (base, run, run / "adapter", export)] == ["model", "run", "adapter",
-                                                                                   "export"]
+    assert [source_kind(str(p)) for p in (base, run, run / "adapter", export)] == ["model", "run", "adapter", "export"]
     assert source_kind("org/some-model") == "model"  # a hub id's shape; the load says if it is missing
     with pytest.raises(BadInput):
         source_kind(str(tmp_path))
@@ -227,10 +249,14 @@ def test_a_run_or_adapter_for_another_base_is_refused(runs, image, cli):
     """peft skips a module the base lacks: without merge's check the base would answer alone."""
     qwen_base, qwen_run, _ = runs["qwen2_vl"]
     llava_base, llava_run, _ = runs["llava"]
-    for source, base in ((qwen_run, llava_base), (qwen_run / "adapter", llava_base),
-                         (llava_run / "adapter", qwen_base)):
-        code, out, err = cli("generate", source, "--base", base, "--image", image, "--prompt", PROMPT,
-                             "--max-new-tokens", "2")
+    for source, base in (
+        (qwen_run, llava_base),
+        (qwen_run / "adapter", llava_base),
+        (llava_run / "adapter", qwen_base),
+    ):
+        code, out, err = cli(
+            "generate", source, "--base", base, "--image", image, "--prompt", PROMPT, "--max-new-tokens", "2"
+        )
         assert (code, out) == (2, ""), (source, err)
         assert len(err.strip().splitlines()) == 1 and "(try: pass the " in err, err
         assert "does not fit the base" in err or "has no base weight" in err, err
@@ -242,8 +268,11 @@ def test_a_run_or_adapter_for_another_base_is_refused(runs, image, cli):
 def test_a_typed_placeholder_marks_where_the_image_goes(runs, image, cli):
     """`<image>`, or the model's own placeholder, typed in the prompt counts against --image."""
     qwen, llava = runs["qwen2_vl"][0], runs["llava"][0]
-    for model, typed in ((qwen, "<image><image>"), (qwen, "<|vision_start|><|image_pad|><|vision_end|> <image>"),
-                         (llava, "<image> <image>")):
+    for model, typed in (
+        (qwen, "<image><image>"),
+        (qwen, "<|vision_start|><|image_pad|><|vision_end|> <image>"),
+        (llava, "<image> <image>"),
+    ):
         code, out, err = cli("generate", model, "--image", image, "--prompt", f"{typed} {PROMPT}")
         assert (code, out) == (2, ""), err
         assert "2 image placeholder(s)" in err and "but 1 image(s)" in err and len(err.splitlines()) == 1, err
@@ -252,8 +281,9 @@ def test_a_typed_placeholder_marks_where_the_image_goes(runs, image, cli):
     for model in (qwen, llava):  # one typed placeholder is where the image goes: here, first, as without
         answers = []
         for prompt in (f"<image>{PROMPT}", PROMPT):
-            code, out, err = cli("generate", model, "--image", image, "--prompt", prompt, "--max-new-tokens", "4",
-                                 "--json")
+            code, out, err = cli(
+                "generate", model, "--image", image, "--prompt", prompt, "--max-new-tokens", "4", "--json"
+            )
             assert code == 0, err
             answers.append({k: v for k, v in json.loads(out).items() if k != "seconds"})
         assert answers[0] == answers[1]
@@ -261,10 +291,14 @@ def test_a_typed_placeholder_marks_where_the_image_goes(runs, image, cli):
 
 @pytest.mark.parametrize("auto_map", [True, False])
 def test_remote_code_is_refused_naming_the_flag(tiny_models, shapes, image, cli, tmp_path, auto_map):
-    model = unknown_model(tmp_path / "frob", "frob_vl", auto_map,
-                          json.loads((tiny_models("llava") / "config.json").read_text()))
-    for args in (("generate", model, "--image", image, "--prompt", PROMPT), ("chat", model),
-                 ("eval", model, "--data", shapes)):
+    model = unknown_model(
+        tmp_path / "frob", "frob_vl", auto_map, json.loads((tiny_models("llava") / "config.json").read_text())
+    )
+    for args in (
+        ("generate", model, "--image", image, "--prompt", PROMPT),
+        ("chat", model),
+        ("eval", model, "--data", shapes),
+    ):
         code, out, err = cli(*args)
         assert (code, out) == (2, ""), (args, err)
         assert len(err.strip().splitlines()) == 1 and "model_type 'frob_vl'" in err, err
@@ -279,8 +313,8 @@ def test_a_run_answers_on_videos_sampled_as_it_trained(runs, cli, tmp_path, monk
     import shutil
 
     from tests.test_formats import write_video
-    from vlmsurgeon import media
-    from vlmsurgeon.collate import VIDEO_FRAME_PIXELS, VIDEO_MAX_FRAMES
+    from vlmsurgeon.data import media
+    from vlmsurgeon.data.collate import VIDEO_FRAME_PIXELS, VIDEO_MAX_FRAMES
 
     _, run, _ = runs["qwen2_vl"]
     copy = tmp_path / "run"

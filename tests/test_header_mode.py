@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 
 from vlmsurgeon.errors import BadInput
-from vlmsurgeon.inspection import inspect_model
+from vlmsurgeon.model.inspection import inspect_model
 
 CLIP = "model.vision_embed_tokens.img_processor.vision_model"
 
 
-def phi3v_shapes(V=64, H=16, C=8, I=32, TI=24, P=2, NPOS=17, VL=2, TL=2) -> dict[str, dict[str, tuple]]:
+def phi3v_shapes(V=64, H=16, C=8, FF=32, TI=24, P=2, NPOS=17, VL=2, TL=2) -> dict[str, dict[str, tuple]]:
     """Tensor names from seed 000's module tree, by component, with small shapes."""
     vision = {
         "model.vision_embed_tokens.glb_GN": (1, 1, 4 * C),
@@ -24,16 +24,18 @@ def phi3v_shapes(V=64, H=16, C=8, I=32, TI=24, P=2, NPOS=17, VL=2, TL=2) -> dict
         f"{CLIP}.embeddings.class_embedding": (C,),
         f"{CLIP}.embeddings.patch_embedding.weight": (C, 3, P, P),
         f"{CLIP}.embeddings.position_embedding.weight": (NPOS, C),
-        f"{CLIP}.pre_layrnorm.weight": (C,), f"{CLIP}.pre_layrnorm.bias": (C,),
-        f"{CLIP}.post_layernorm.weight": (C,), f"{CLIP}.post_layernorm.bias": (C,),
+        f"{CLIP}.pre_layrnorm.weight": (C,),
+        f"{CLIP}.pre_layrnorm.bias": (C,),
+        f"{CLIP}.post_layernorm.weight": (C,),
+        f"{CLIP}.post_layernorm.bias": (C,),
     }
     for i in range(VL):
         p = f"{CLIP}.encoder.layers.{i}"
         for norm in ("layer_norm1", "layer_norm2"):
             vision[f"{p}.{norm}.weight"] = (C,)
             vision[f"{p}.{norm}.bias"] = (C,)
-        vision[f"{p}.mlp.fc1.weight"], vision[f"{p}.mlp.fc1.bias"] = (I, C), (I,)
-        vision[f"{p}.mlp.fc2.weight"], vision[f"{p}.mlp.fc2.bias"] = (C, I), (C,)
+        vision[f"{p}.mlp.fc1.weight"], vision[f"{p}.mlp.fc1.bias"] = (FF, C), (FF,)
+        vision[f"{p}.mlp.fc2.weight"], vision[f"{p}.mlp.fc2.bias"] = (C, FF), (C,)
         for proj in ("k_proj", "v_proj", "q_proj", "out_proj"):
             vision[f"{p}.self_attn.{proj}.weight"] = (C, C)
             vision[f"{p}.self_attn.{proj}.bias"] = (C,)
@@ -46,18 +48,31 @@ def phi3v_shapes(V=64, H=16, C=8, I=32, TI=24, P=2, NPOS=17, VL=2, TL=2) -> dict
     lm = {"model.embed_tokens.weight": (V, H), "model.norm.weight": (H,)}
     for i in range(TL):
         p = f"model.layers.{i}"
-        lm.update({f"{p}.self_attn.o_proj.weight": (H, H), f"{p}.self_attn.qkv_proj.weight": (3 * H, H),
-                   f"{p}.mlp.gate_up_proj.weight": (2 * TI, H), f"{p}.mlp.down_proj.weight": (H, TI),
-                   f"{p}.input_layernorm.weight": (H,), f"{p}.post_attention_layernorm.weight": (H,)})
+        lm.update(
+            {
+                f"{p}.self_attn.o_proj.weight": (H, H),
+                f"{p}.self_attn.qkv_proj.weight": (3 * H, H),
+                f"{p}.mlp.gate_up_proj.weight": (2 * TI, H),
+                f"{p}.mlp.down_proj.weight": (H, TI),
+                f"{p}.input_layernorm.weight": (H,),
+                f"{p}.post_attention_layernorm.weight": (H,),
+            }
+        )
     head = {"lm_head.weight": (V, H)}
     return {"vision": vision, "merger": merger, "lm": lm, "head": head}
 
 
 PHI3V_CONFIG = {
-    "architectures": ["Phi3VForCausalLM"], "model_type": "phi3_v",
-    "auto_map": {"AutoConfig": "configuration_phi3_v.Phi3VConfig",
-                 "AutoModelForCausalLM": "modeling_phi3_v.Phi3VForCausalLM"},
-    "hidden_size": 16, "num_hidden_layers": 2, "vocab_size": 64, "tie_word_embeddings": False,
+    "architectures": ["Phi3VForCausalLM"],
+    "model_type": "phi3_v",
+    "auto_map": {
+        "AutoConfig": "configuration_phi3_v.Phi3VConfig",
+        "AutoModelForCausalLM": "modeling_phi3_v.Phi3VForCausalLM",
+    },
+    "hidden_size": 16,
+    "num_hidden_layers": 2,
+    "vocab_size": 64,
+    "tie_word_embeddings": False,
 }
 
 
@@ -77,8 +92,8 @@ def write_header_only(path: Path, shapes: dict[str, tuple], dtype: str = "BF16",
 
 
 def make_phi3v(directory: Path, **dims) -> dict[str, int]:
-    from safetensors.torch import save_file
     import torch
+    from safetensors.torch import save_file
 
     by_component = phi3v_shapes(**dims)
     flat = {n: s for part in by_component.values() for n, s in part.items()}
@@ -111,7 +126,7 @@ def test_phi3v_layout_without_trust_remote_code(tmp_path):
 
 def test_no_tensor_data_is_read_sparse_file(tmp_path):
     """Real Phi-3.5-vision sizes (4.1B params, 8.3 GB of bf16) in a file that is one big hole."""
-    dims = dict(V=32064, H=3072, C=1024, I=4096, TI=8192, P=14, NPOS=577, VL=24, TL=32)
+    dims = dict(V=32064, H=3072, C=1024, FF=4096, TI=8192, P=14, NPOS=577, VL=24, TL=32)
     by_component = phi3v_shapes(**dims)
     directory = tmp_path / "sparse"
     directory.mkdir()
@@ -135,8 +150,13 @@ def test_prequantized_bnb_checkpoint_counts_represented_params(tmp_path):
     tensors = {n: ("BF16", s) for n, s in shapes.items()}
     w = "model.layers.0.self_attn.qkv_proj.weight"
     tensors[w] = ("U8", (48 * 16 // 2, 1))  # two 4-bit values per byte
-    for aux, shape in (("absmax", (12,)), ("quant_map", (16,)), ("nested_absmax", (1,)),
-                       ("nested_quant_map", (256,)), ("quant_state.bitsandbytes__nf4", (120,))):
+    for aux, shape in (
+        ("absmax", (12,)),
+        ("quant_map", (16,)),
+        ("nested_absmax", (1,)),
+        ("nested_quant_map", (256,)),
+        ("quant_state.bitsandbytes__nf4", (120,)),
+    ):
         tensors[f"{w}.{aux}"] = ("U8" if "quant_state" in aux else "F32", shape)
     header, offset = {}, 0
     for name, (dtype, shape) in tensors.items():
@@ -147,8 +167,9 @@ def test_prequantized_bnb_checkpoint_counts_represented_params(tmp_path):
     with (directory / "model.safetensors").open("wb") as fh:
         fh.write(struct.pack("<Q", len(raw)) + raw)
         fh.truncate(8 + len(raw) + offset)
-    (directory / "config.json").write_text(json.dumps({**PHI3V_CONFIG, "quantization_config": {
-        "quant_method": "bitsandbytes", "load_in_4bit": True}}))
+    (directory / "config.json").write_text(
+        json.dumps({**PHI3V_CONFIG, "quantization_config": {"quant_method": "bitsandbytes", "load_in_4bit": True}})
+    )
     r = inspect_model(str(directory))
     assert r.prequantized and any("pre-quantized" in n for n in r.notes)
     assert r.components["lm"].params == 64 * 16 + 48 * 16
@@ -158,8 +179,10 @@ def test_prequantized_bnb_checkpoint_counts_represented_params(tmp_path):
 def test_tied_head_in_header_mode(tmp_path):
     directory = tmp_path / "tied"
     directory.mkdir()
-    write_header_only(directory / "model.safetensors",
-                      {"model.embed_tokens.weight": (64, 16), "model.layers.0.mlp.down_proj.weight": (16, 8)})
+    write_header_only(
+        directory / "model.safetensors",
+        {"model.embed_tokens.weight": (64, 16), "model.layers.0.mlp.down_proj.weight": (16, 8)},
+    )
     (directory / "config.json").write_text(json.dumps({**PHI3V_CONFIG, "tie_word_embeddings": True}))
     r = inspect_model(str(directory))
     assert r.components["head"].params == 0

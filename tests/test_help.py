@@ -11,8 +11,8 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
-from vlmsurgeon.cli import app
-from vlmsurgeon.runconfig import RunOptions
+from vlmsurgeon.cli.app import app
+from vlmsurgeon.train.runconfig import RunOptions
 
 from .conftest import ROOT
 
@@ -70,8 +70,20 @@ def _help_text(row: str) -> str:
 
 
 def test_every_command_and_group_is_covered():
-    assert {p[0] for p in PATHS if p} >= {"inspect", "presets", "plan", "finetune", "merge", "diff", "tiny",
-                                          "generate", "chat", "eval", "budget", "data"}
+    assert {p[0] for p in PATHS if p} >= {
+        "inspect",
+        "presets",
+        "plan",
+        "finetune",
+        "merge",
+        "diff",
+        "tiny",
+        "generate",
+        "chat",
+        "eval",
+        "budget",
+        "data",
+    }
     assert ("budget", "check") in PATHS and ("data", "check") in PATHS and () in PATHS
 
 
@@ -96,17 +108,31 @@ def test_flags_show_no_type_and_values_show_theirs():
     assert rows["--seq-len"] == "--seq-len <int> Tokens per sample (text + image). [default: 2048]"
     assert rows["--revision"] == "--revision <str> Hub revision: a branch, tag or commit."
     root = _option_rows(_help(()))
-    assert root == {"--version": "--version Print the version and exit.",
-                    "--help": "--help -h Show this message and exit."}
+    assert root == {
+        "--version": "--version Print the version and exit.",
+        "--help": "--help -h Show this message and exit.",
+    }
 
 
 # options whose flag is None (so that --config can set them) and whose default lives in RunOptions
 FROM_RUN_OPTIONS = {
-    "plan": {"--seq-len": "seq_len", "--batch-size": "batch_size", "--image-tokens": "image_tokens",
-             "--quantize": "quantize"},
-    "finetune": {"--epochs": "epochs", "--lr": "lr", "--batch-size": "batch_size", "--grad-accum": "grad_accum",
-                 "--seq-len": "seq_len", "--seed": "seed", "--quantize": "quantize", "--dtype": "dtype",
-                 "--report-to": "report_to"},
+    "plan": {
+        "--seq-len": "seq_len",
+        "--batch-size": "batch_size",
+        "--image-tokens": "image_tokens",
+        "--quantize": "quantize",
+    },
+    "finetune": {
+        "--epochs": "epochs",
+        "--lr": "lr",
+        "--batch-size": "batch_size",
+        "--grad-accum": "grad_accum",
+        "--seq-len": "seq_len",
+        "--seed": "seed",
+        "--quantize": "quantize",
+        "--dtype": "dtype",
+        "--report-to": "report_to",
+    },
 }
 
 
@@ -116,15 +142,16 @@ SCALE_OUT = {"plan": ("--strategy", "--gpu-memory")}
 @pytest.mark.parametrize("command", sorted(FROM_RUN_OPTIONS))
 def test_stated_defaults_are_the_ones_used(command):
     rows = _option_rows(_help((command,)))
-    shown = {name: re.search(r"\[default: ([^\]]+)\]", row).group(1)
-             for name, row in rows.items() if "[default: " in row}
+    shown = {
+        name: re.search(r"\[default: ([^\]]+)\]", row).group(1) for name, row in rows.items() if "[default: " in row
+    }
     expected = FROM_RUN_OPTIONS[command]
     assert set(shown) == set(expected) | set(SCALE_OUT.get(command, ()))
     for flag, field in expected.items():
         real = RunOptions.model_fields[field].default
         assert (float(shown[flag]) == real) if isinstance(real, (int, float)) else shown[flag] == real, flag
     if command == "plan":  # scale-out: what scale_request fills in when only --gpus is given
-        from vlmsurgeon.memory import scale_request
+        from vlmsurgeon.plan.memory import scale_request
 
         used = scale_request(8, None, None)
         assert used.strategy == shown["--strategy"]
@@ -147,27 +174,30 @@ def test_no_default_is_swallowed_as_markup():
 
 def test_no_help_imports_torch():
     """Every command's --help, in one process: none of them may import the heavy libraries."""
-    code = ("import sys\nfrom vlmsurgeon.cli import main\n"
-            f"for path in {[list(p) for p in PATHS]!r}:\n"
-            "    sys.argv = ['vlmsurgeon', *path, '--help']\n"
-            "    try:\n        main()\n    except SystemExit as exc:\n"
-            "        assert exc.code in (0, None), (path, exc.code)\n"
-            "heavy = [m for m in ('torch', 'transformers', 'peft', 'bitsandbytes') if m in sys.modules]\n"
-            "print('HEAVY', heavy)")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
-                          env={"COLUMNS": "100", "PATH": ""})
+    code = (
+        "import sys\nfrom vlmsurgeon.cli import main\n"
+        f"for path in {[list(p) for p in PATHS]!r}:\n"
+        "    sys.argv = ['vlmsurgeon', *path, '--help']\n"
+        "    try:\n        main()\n    except SystemExit as exc:\n"
+        "        assert exc.code in (0, None), (path, exc.code)\n"
+        "heavy = [m for m in ('torch', 'transformers', 'peft', 'bitsandbytes') if m in sys.modules]\n"
+        "print('HEAVY', heavy)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env={"COLUMNS": "100", "PATH": ""}
+    )
     assert proc.returncode == 0, proc.stderr
     assert "HEAVY []" in proc.stdout, proc.stderr
     assert proc.stdout.count("Usage: vlmsurgeon") == len(PATHS)
 
 
-def test_readme_budget_example_is_the_shipped_budget_file():
-    """The README's budget example, copied as is, is examples/budgets.yaml (which the budget tests
-    check passes): the same models and limits, comments aside."""
+def test_docs_budget_example_is_the_shipped_budget_file():
+    """The budget page's example (docs/budget.md), copied as is, is examples/budgets.yaml (which the
+    budget tests check passes): the same models and limits, comments aside."""
     import yaml
 
-    readme = (ROOT / "README.md").read_text()
-    block = readme.split("## `budget check`", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    readme = (ROOT / "docs" / "budget.md").read_text()
+    block = readme.split("# `budget check`", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
     assert block.startswith("# examples/budgets.yaml\n")
     shipped = yaml.safe_load((ROOT / "examples" / "budgets.yaml").read_text())
     assert yaml.safe_load(block) == shipped

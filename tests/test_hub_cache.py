@@ -99,7 +99,9 @@ def test_native_model_from_cached_config(tmp_path, hub_cache, cli):
     assert data["source"] == "config" and data["model_type"] == "llava"
     assert data["total_params"] == direct
     assert data["checkpoint_check"] == {
-        "checked": False, "reason": "the weights are not in the local cache and the hub is not reachable"}
+        "checked": False,
+        "reason": "the weights are not in the local cache and the hub is not reachable",
+    }
 
 
 def test_native_model_with_cached_weights_is_checked(tmp_path, hub_cache, cli, tiny_models):
@@ -119,7 +121,7 @@ def test_unreachable_hub_falls_back_to_the_cache(tmp_path, hub_cache, cli, monke
     """Not offline by setting, but no network: the cached snapshot, after one quick probe."""
     from huggingface_hub import constants
 
-    from vlmsurgeon import sources
+    from vlmsurgeon.model import sources
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(sources, "_hub_reachable", lambda: False)
@@ -134,8 +136,7 @@ def test_unreachable_hub_falls_back_to_the_cache(tmp_path, hub_cache, cli, monke
 
 def test_not_in_cache_is_one_line(hub_cache, cli):
     code, _, err = cli("inspect", "Qwen/Qwen2-VL-2B-Instruct")
-    _one_line_error(code, err, "Qwen/Qwen2-VL-2B-Instruct", "not in the local cache", str(hub_cache),
-                    "HF_HUB_OFFLINE")
+    _one_line_error(code, err, "Qwen/Qwen2-VL-2B-Instruct", "not in the local cache", str(hub_cache), "HF_HUB_OFFLINE")
 
 
 def test_unknown_revision_is_one_line(tmp_path, hub_cache, cli):
@@ -159,8 +160,13 @@ def test_hf_home_is_honoured_in_a_fresh_process(tmp_path):
     populate(tmp_path / "home" / "hub", PHI, tmp_path / "phi")
     env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE")}
     env.update(HF_HOME=str(tmp_path / "home"), HF_HUB_OFFLINE="1")
-    proc = subprocess.run([sys.executable, "-m", "vlmsurgeon.cli", "inspect", PHI, "--json"],
-                          capture_output=True, text=True, env=env, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-m", "vlmsurgeon.cli", "inspect", PHI, "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
     assert data["source"] == "safetensors-headers" and data["total_params"] == 9360

@@ -7,7 +7,7 @@ import pytest
 
 from tests.conftest import save_config
 from vlmsurgeon.errors import BadInput
-from vlmsurgeon.inspection import inspect_model
+from vlmsurgeon.model.inspection import inspect_model
 
 # Families whose default config does not build (a bug or a missing piece upstream), by reason.
 UNBUILDABLE = {
@@ -60,9 +60,11 @@ def test_every_image_text_to_text_architecture(tmp_path, capsys):
         assert figures["vision"].params > 0, model_type
         covered.append(model_type)
     with capsys.disabled():
-        print(f"\ninspect covers {len(covered)} of {len(_architectures())} image-text-to-text "
-              f"architectures; {len(no_vision)} build without vision; "
-              f"{len(unbuildable)} do not build from their default config:")
+        print(
+            f"\ninspect covers {len(covered)} of {len(_architectures())} image-text-to-text "
+            f"architectures; {len(no_vision)} build without vision; "
+            f"{len(unbuildable)} do not build from their default config:"
+        )
         for model_type in sorted(unbuildable):
             print(f"  {model_type}: {unbuildable[model_type]}")
     assert len(covered) >= 80

@@ -13,15 +13,15 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from vlmsurgeon.loss import chunked_loss_for
-from vlmsurgeon.memory import chunk_rows
-from vlmsurgeon.runconfig import RunOptions
+from vlmsurgeon.plan.memory import chunk_rows
+from vlmsurgeon.train.loss import chunked_loss_for
+from vlmsurgeon.train.runconfig import RunOptions
 
 
 def _batch(model_dir: Path, shapes: Path, rows: list[int]) -> dict:
-    from vlmsurgeon.collate import Collator
-    from vlmsurgeon.data import load_dataset_rows
-    from vlmsurgeon.train import load_processor
+    from vlmsurgeon.data.collate import Collator
+    from vlmsurgeon.data.rows import load_dataset_rows
+    from vlmsurgeon.train.loop import load_processor
 
     processor, _ = load_processor(str(model_dir), RunOptions())
     samples = load_dataset_rows(str(shapes)).samples
@@ -31,9 +31,9 @@ def _batch(model_dir: Path, shapes: Path, rows: list[int]) -> dict:
 def _lora_model(model_dir: Path):
     from transformers import AutoModelForImageTextToText, set_seed
 
-    from vlmsurgeon.freeze import apply_preset
-    from vlmsurgeon.prepare import enable_checkpointing
-    from vlmsurgeon.preset import load_preset
+    from vlmsurgeon.recipe.freeze import apply_preset
+    from vlmsurgeon.recipe.preset import load_preset
+    from vlmsurgeon.train.prepare import enable_checkpointing
 
     model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32)
     enable_checkpointing(model, offload=False)
@@ -67,8 +67,8 @@ def _masks(batch: dict) -> dict[str, torch.Tensor]:
         real = attention[row].nonzero().squeeze(-1)
         first, last = int(real[0]), int(real[-1])
         span = (last - first) // 5
-        multi[row, first + span:first + 2 * span] = ids[row, first + span:first + 2 * span]
-        multi[row, last - span:last + 1] = ids[row, last - span:last + 1]
+        multi[row, first + span : first + 2 * span] = ids[row, first + span : first + 2 * span]
+        multi[row, last - span : last + 1] = ids[row, last - span : last + 1]
     one = torch.full_like(ids, -100)
     one[0, int(attention[0].nonzero()[-1])] = ids[0, int(attention[0].nonzero()[-1])]
     every = torch.where(attention.bool(), ids, torch.full_like(ids, -100))
@@ -145,17 +145,26 @@ def test_softcapping_family_matches_its_forward(tiny_models, shapes):
     assert chunked_loss_for(model)[0].transform is None
 
 
-@pytest.mark.parametrize("family, reason", [
-    ("chameleon", "ChameleonForConditionalGeneration.forward changes the logits after its head "
-                  "(`image_tokens = self.model.vocabulary_mapping.image_tokens`)"),
-    ("blip-2", "Blip2ForConditionalGeneration.forward does not compute its loss from "
-               "`logits = self.language_model.lm_head(hidden_states)`"),
-])
+@pytest.mark.parametrize(
+    "family, reason",
+    [
+        (
+            "chameleon",
+            "ChameleonForConditionalGeneration.forward changes the logits after its head "
+            "(`image_tokens = self.model.vocabulary_mapping.image_tokens`)",
+        ),
+        (
+            "blip-2",
+            "Blip2ForConditionalGeneration.forward does not compute its loss from "
+            "`logits = self.language_model.lm_head(hidden_states)`",
+        ),
+    ],
+)
 def test_families_it_cannot_reproduce_keep_the_plain_loss(family, reason):
     from transformers import AutoModelForImageTextToText
 
-    from vlmsurgeon.tiny import build_config, build_tokenizer
-    from vlmsurgeon.tiny_families import FAMILIES
+    from vlmsurgeon.tiny.build import build_config, build_tokenizer
+    from vlmsurgeon.tiny.families import FAMILIES
 
     config = build_config(FAMILIES[family], build_tokenizer(FAMILIES[family]))
     with torch.device("meta"):
@@ -189,8 +198,8 @@ def big_vocab_runs(tiny_models, shapes, tmp_path_factory):
     vocabulary and ~300-token rows; each training step (forward + backward) probed."""
     from transformers import AutoConfig, AutoModelForImageTextToText
 
-    from vlmsurgeon.train import finetune
-    from vlmsurgeon.trainer_parts import ComponentTrainer
+    from vlmsurgeon.train.loop import finetune
+    from vlmsurgeon.train.trainer import ComponentTrainer
 
     work = tmp_path_factory.mktemp("vocab")
     model_dir = work / "model"
@@ -222,8 +231,19 @@ def big_vocab_runs(tiny_models, shapes, tmp_path_factory):
         for chunked in (True, False):
             seen.clear()
             out = work / f"run-{chunked}"
-            finetune(RunOptions(model=str(model_dir), data=str(data), output=str(out), freeze="vision",
-                                steps=2, batch_size=2, seq_len=1024, lr=1e-3, chunked_loss=chunked))
+            finetune(
+                RunOptions(
+                    model=str(model_dir),
+                    data=str(data),
+                    output=str(out),
+                    freeze="vision",
+                    steps=2,
+                    batch_size=2,
+                    seq_len=1024,
+                    lr=1e-3,
+                    chunked_loss=chunked,
+                )
+            )
             log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
             results[chunked] = (list(seen), [r["loss"] for r in log if "loss" in r], out)
     return results
@@ -252,7 +272,7 @@ def test_no_chunked_loss_does_hold_the_full_logits(big_vocab_runs):
 def test_chunked_and_plain_runs_log_the_same_losses(big_vocab_runs):
     chunked, plain = big_vocab_runs[True][1], big_vocab_runs[False][1]
     assert len(chunked) == len(plain) == 2
-    for a, b in zip(chunked, plain):
+    for a, b in zip(chunked, plain, strict=True):
         assert abs(a - b) <= 1e-5, (chunked, plain)
     record = json.loads((big_vocab_runs[True][2] / "vlmsurgeon.json").read_text())
     assert record["training"]["chunked_loss"] is True

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from tests.test_formats import write_video
-from vlmsurgeon.data import load_dataset_rows
+from vlmsurgeon.data.rows import load_dataset_rows
 
 QUESTION = [{"role": "user", "content": "<image>Colour?"}, {"role": "assistant", "content": "Red."}]
 
@@ -34,7 +34,7 @@ def test_empty_data_is_bad_input_not_a_passing_check(tiny_models, tmp_path, cli)
         data.write_text(text)
         code, out, err = cli("data", "check", data, "--model", model)
         assert (code, out) == (2, ""), (name, code, out)
-        assert err == f"vlmsurgeon: error: data '{data}': no rows (try: check the file's format (see README))\n"
+        assert err == f"vlmsurgeon: error: data '{data}': no rows (try: check the file's format (see docs/data.md))\n"
         code, out, err = cli("finetune", model, "--data", data, "-o", tmp_path / "run", "--freeze", "vision")
         assert code == 2 and err.count("\n") == 1 and f"data '{data}': no rows" in err, (name, err)
 
@@ -61,7 +61,7 @@ NOT_BYTES = [
 def test_image_bytes_that_are_not_bytes_are_a_bad_row(tiny_models, tmp_path, cli):
     """`{"bytes": "<text>"}` raised TypeError in `bytes(...)` while reading rows: exit 3 from
     finetune, data check and eval, even with --skip-bad-rows. One media check now reports it."""
-    from vlmsurgeon.evaluate import load_rows
+    from vlmsurgeon.use.evaluate import load_rows
 
     model = tiny_models("qwen2_vl")
     good = {"messages": QUESTION, "images": [{"bytes": _png_b64()}]}  # base64 text under 'bytes' reads
@@ -73,20 +73,22 @@ def test_image_bytes_that_are_not_bytes_are_a_bad_row(tiny_models, tmp_path, cli
     report = json.loads(out)
     assert report["rows"] == 1 and report["bad_rows"] == [f"line {i}: {r}" for i, (_, r) in enumerate(NOT_BYTES, 2)]
     # finetune: refused before any weight loads (exit 2) ...
-    code, out, err = cli("finetune", model, "--data", data, "-o", tmp_path / "run", "--freeze", "vision",
-                         "--steps", "1")
+    code, out, err = cli(
+        "finetune", model, "--data", data, "-o", tmp_path / "run", "--freeze", "vision", "--steps", "1"
+    )
     assert code == 2 and "3 bad row(s) of 4, first: line 2: " + NOT_BYTES[0][1] in err
     # ... or trains on the rest with --skip-bad-rows, counting them
     run = tmp_path / "run2"
-    code, out, err = cli("finetune", model, "--data", data, "-o", run, "--freeze", "vision", "--steps", "1",
-                         "--skip-bad-rows")
+    code, out, err = cli(
+        "finetune", model, "--data", data, "-o", run, "--freeze", "vision", "--steps", "1", "--skip-bad-rows"
+    )
     assert code == 0, err
     assert json.loads((run / "vlmsurgeon.json").read_text())["data"]["skipped"] == 3
     # eval: skipped rows, reported
     rows, skipped = load_rows(str(data))
     assert len(rows) == 1 and [str(b) for b in skipped] == report["bad_rows"]
     # the one check every command's media goes through (generate's --image too)
-    from vlmsurgeon.media import MediaError, check_media
+    from vlmsurgeon.data.media import MediaError, check_media
 
     for ref, reason in NOT_BYTES:
         with pytest.raises(MediaError) as caught:
@@ -103,8 +105,8 @@ def test_pixel_settings_reach_sizedict_processors(tiny_models, tmp_path, cli):
     from transformers import AutoProcessor
     from transformers.image_utils import SizeDict
 
-    from vlmsurgeon.collate import Collator
-    from vlmsurgeon.datacheck import apply_overrides
+    from vlmsurgeon.data.check import apply_overrides
+    from vlmsurgeon.data.collate import Collator
 
     Image.new("RGB", (40, 32), (220, 30, 30)).save(tmp_path / "red.png")
     data = _rows(tmp_path / "d.jsonl", [{"messages": QUESTION, "images": ["red.png"]}])
@@ -126,8 +128,11 @@ def test_pixel_settings_reach_sizedict_processors(tiny_models, tmp_path, cli):
     processor = AutoProcessor.from_pretrained(gemma)
     assert apply_overrides(processor, {"image_size": 48}) == {"image_size": 48}
     assert (processor.image_processor.size.height, processor.image_processor.size.width) == (48, 48)
-    assert tuple(processor(text=["<start_of_image>"], images=[Image.open(tmp_path / "red.png")],
-                           return_tensors="pt")["pixel_values"].shape) == (1, 3, 48, 48)
+    assert tuple(
+        processor(text=["<start_of_image>"], images=[Image.open(tmp_path / "red.png")], return_tensors="pt")[
+            "pixel_values"
+        ].shape
+    ) == (1, 3, 48, 48)
     code, out, err = cli("data", "check", data, "--model", gemma, "--image-size", "48", "--json")
     assert code == 0, err
     assert json.loads(out)["processor"] == {"image_size": 48}
@@ -144,15 +149,23 @@ def video_demo(folder: Path) -> Path:
     either way (80×48 → 60 tokens a frame pair, 72×48 → 54), as it does the demo's 640×360."""
     media = folder / "mllm_demo_data"
     media.mkdir()
-    for name, frames, rate, (width, height) in (("1.mp4", 243, 25, (128, 72)),
-                                                ("2.avi", 270, Fraction(359, 12), (96, 72)),
-                                                ("3.mp4", 146, Fraction(24000, 1001), (128, 72))):
+    for name, frames, rate, (width, height) in (
+        ("1.mp4", 243, 25, (128, 72)),
+        ("2.avi", 270, Fraction(359, 12), (96, 72)),
+        ("3.mp4", 146, Fraction(24000, 1001), (128, 72)),
+    ):
         write_video(media / name, frames=frames, size=(width, height), rate=rate)
-    rows = [{"messages": [{"content": f"<video>{q}", "role": "user"}, {"content": a, "role": "assistant"}],
-             "videos": [f"mllm_demo_data/{name}"]}
-            for q, a, name in (("Why is this video funny?", "Because a baby is reading, and he is so cute!", "1.mp4"),
-                               ("What is she doing?", "She is cooking.", "2.avi"),
-                               ("What's in the video?", "A baby is playing in the living room.", "3.mp4"))]
+    rows = [
+        {
+            "messages": [{"content": f"<video>{q}", "role": "user"}, {"content": a, "role": "assistant"}],
+            "videos": [f"mllm_demo_data/{name}"],
+        }
+        for q, a, name in (
+            ("Why is this video funny?", "Because a baby is reading, and he is so cute!", "1.mp4"),
+            ("What is she doing?", "She is cooking.", "2.avi"),
+            ("What's in the video?", "A baby is playing in the living room.", "3.mp4"),
+        )
+    ]
     path = folder / "mllm_video_demo.json"
     path.write_text(json.dumps(rows, indent=2))
     return path
@@ -173,24 +186,36 @@ def test_video_demo_fits_seq_len_2048_at_default_sampling(tiny_models, demo, cli
     report = json.loads(out)
     assert (report["rows"], report["videos"], report["skipped"]) == (3, 3, 0)
     assert report["tokens"]["video"] == {"p50": 486, "p95": 600, "max": 600}
-    assert ("videos sampled at the defaults, 2 fps, at most 128 frames and at most 65,536 pixels a frame "
-            "(set --video-fps, --video-frames or --max-pixels to change them)") in report["notes"]
+    assert (
+        "videos sampled at the defaults, 2 fps, at most 128 frames and at most 65,536 pixels a frame "
+        "(set --video-fps, --video-frames or --max-pixels to change them)"
+    ) in report["notes"]
     assert json.loads(out)["notes"] == report["notes"]
     # the frame budget, as LLaMA-Factory applies it: a 640×360 frame becomes 341×192 (65,472 pixels);
     # 4 frames at 25 fps last 0.16 s, so 2 fps gives the 2 frames a temporal patch needs
     from transformers import AutoProcessor
 
-    from vlmsurgeon.collate import Collator
+    from vlmsurgeon.data.collate import Collator
 
     write_video(demo.parent / "big.mp4", frames=4, size=(640, 360), rate=25)
-    clip = load_dataset_rows(_rows(demo.parent / "big.jsonl", [{"messages": [
-        {"role": "user", "content": "<video>What moves?"}, {"role": "assistant", "content": "A bar."}],
-        "videos": ["big.mp4"]}])).samples[0]
+    clip = load_dataset_rows(
+        _rows(
+            demo.parent / "big.jsonl",
+            [
+                {
+                    "messages": [
+                        {"role": "user", "content": "<video>What moves?"},
+                        {"role": "assistant", "content": "A bar."},
+                    ],
+                    "videos": ["big.mp4"],
+                }
+            ],
+        )
+    ).samples[0]
     _, (frames,) = Collator(AutoProcessor.from_pretrained(tiny_models("qwen2_vl")), 2048).load_media(clip)
     assert frames.shape == (2, 192, 341, 3)
     # every frame, as before: the figures the defaults fix
-    code, out, err = cli("data", "check", demo, "--model", tiny_models("qwen2_vl"), "--json",
-                         "--video-frames", "300")
+    code, out, err = cli("data", "check", demo, "--model", tiny_models("qwen2_vl"), "--json", "--video-frames", "300")
     assert code == 1
     video = [row.split(": its ")[1].split(" video")[0] for row in json.loads(out)["over_limit"]]
     assert video == ["7320", "7290", "4380"]
@@ -198,17 +223,35 @@ def test_video_demo_fits_seq_len_2048_at_default_sampling(tiny_models, demo, cli
 
 def test_over_limit_video_row_names_each_fix_with_its_figure(tiny_models, demo, tmp_path, cli):
     """A video row over --seq-len says which option fixes it and what the row would then be."""
-    code, out, err = cli("finetune", tiny_models("qwen2_vl"), "--data", demo, "-o", tmp_path / "run",
-                         "--freeze", "vision", "--seq-len", "256", "--steps", "1")
+    code, out, err = cli(
+        "finetune",
+        tiny_models("qwen2_vl"),
+        "--data",
+        demo,
+        "-o",
+        tmp_path / "run",
+        "--freeze",
+        "vision",
+        "--seq-len",
+        "256",
+        "--steps",
+        "1",
+    )
     assert code == 2 and err.count("\n") == 1
     # each figure is the row's tokens run with that option alone (checked by running data check with it)
-    first = ("row 1: 692 tokens: its 600 video tokens end at position 607, past --seq-len 256 (cutting inside "
-             "media breaks the model); it would be 212 tokens at --video-fps 0.43, 212 at --video-frames 4, "
-             "242 at --max-pixels 1100, or it fits whole at --seq-len 692")
+    first = (
+        "row 1: 692 tokens: its 600 video tokens end at position 607, past --seq-len 256 (cutting inside "
+        "media breaks the model); it would be 212 tokens at --video-fps 0.43, 212 at --video-frames 4, "
+        "242 at --max-pixels 1100, or it fits whole at --seq-len 692"
+    )
     assert f"3 bad row(s) of 3, first: {first}" in err
     assert first in (tmp_path / "run" / "bad_rows.txt").read_text()
-    for option, tokens in ((("--video-fps", "0.43"), 212), (("--video-frames", "4"), 212),
-                           (("--max-pixels", "1100"), 242)):
-        code, out, err = cli("data", "check", demo, "--model", tiny_models("qwen2_vl"), "--seq-len", "256",
-                             *option, "--json")
+    for option, tokens in (
+        (("--video-fps", "0.43"), 212),
+        (("--video-frames", "4"), 212),
+        (("--max-pixels", "1100"), 242),
+    ):
+        code, out, err = cli(
+            "data", "check", demo, "--model", tiny_models("qwen2_vl"), "--seq-len", "256", *option, "--json"
+        )
         assert code == 0 and json.loads(out)["tokens"]["total"]["max"] == tokens, (option, err)

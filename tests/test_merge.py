@@ -16,9 +16,9 @@ import torch
 
 from tests.conftest import ROOT
 from tests.test_finetune import options
-from vlmsurgeon.merge import MergePlan, merge
-from vlmsurgeon.train import finetune
-from vlmsurgeon.verify import probe_inputs
+from vlmsurgeon.ship.merge import MergePlan, merge
+from vlmsurgeon.ship.verify import probe_inputs
+from vlmsurgeon.train.loop import finetune
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +26,9 @@ def runs(tiny_models, tmp_path_factory):
     """One QLoRA --freeze vision run per family, trained once."""
     base = tmp_path_factory.mktemp("runs")
     shapes = base / "shapes"
-    subprocess.run([sys.executable, str(ROOT / "examples" / "make_shapes.py"), str(shapes)], check=True,
-                   capture_output=True)
+    subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "make_shapes.py"), str(shapes)], check=True, capture_output=True
+    )
     out = {}
     for family in ("qwen2_vl", "llava"):
         finetune(options(tiny_models(family), shapes / "train.jsonl", base / family, steps=8))
@@ -44,8 +45,9 @@ def base_plus_adapter(base: Path, run: Path):
     from peft import PeftModel
     from transformers import AutoModelForImageTextToText
 
-    return PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained(base, dtype=torch.float32),
-                                     run / "adapter")
+    return PeftModel.from_pretrained(
+        AutoModelForImageTextToText.from_pretrained(base, dtype=torch.float32), run / "adapter"
+    )
 
 
 @pytest.mark.parametrize("family", ["qwen2_vl", "llava"])
@@ -87,8 +89,7 @@ def test_weights_equal_peft_merge_and_unload(runs, tiny_models, tmp_path):
 
 
 def test_default_target_reproduces_the_model_as_trained(runs, tiny_models, tmp_path, cli):
-    code, out, err = cli("merge", runs["qwen2_vl"], "-o", tmp_path / "out", "--dtype", "fp32", "--verify",
-                         "--json")
+    code, out, err = cli("merge", runs["qwen2_vl"], "-o", tmp_path / "out", "--dtype", "fp32", "--verify", "--json")
     assert code == 0, err
     verdict = json.loads(out)["verify"]
     assert verdict["ok"] and verdict["checked_against"] == "trained" and verdict["first_mismatch"] is None
@@ -127,7 +128,9 @@ def test_existing_output_needs_force_and_lm_only_adapter(runs, tiny_models, tmp_
     assert code == 0, err
     keys = load_file(str(tmp_path / "lm" / "adapter_model.safetensors")).keys()
     assert keys and all("language_model" in k and "lora_" in k for k in keys)
-    model = PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained(tiny_models("qwen2_vl")), tmp_path / "lm")
+    model = PeftModel.from_pretrained(
+        AutoModelForImageTextToText.from_pretrained(tiny_models("qwen2_vl")), tmp_path / "lm"
+    )
     assert sum(1 for n, _ in model.named_parameters() if "lora_A" in n) == 14
 
 
@@ -136,7 +139,7 @@ def big_checkpoint(directory: Path) -> tuple[Path, Path, int]:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from vlmsurgeon.tiny import build_tiny
+    from vlmsurgeon.tiny.build import build_tiny
 
     small = build_tiny("qwen2_vl", directory / "small")
     config = AutoModelForImageTextToText.from_pretrained(small).config
@@ -189,9 +192,14 @@ def test_streaming_merge_peak_memory_below_half_the_base(big, tmp_path):
     assert len(list(base.glob("*.safetensors"))) >= 4
     # large blocks straight from mmap, so a freed tensor leaves RSS at once: glibc's heap otherwise
     # keeps freed memory, and the peak read 0.33-0.50 of the base from run to run (0.215 with this)
-    proc = subprocess.run([sys.executable, "-c", MEASURE, str(adapter), str(tmp_path / "out")],
-                          capture_output=True, text=True, cwd=ROOT, timeout=600,
-                          env={**os.environ, "MALLOC_MMAP_THRESHOLD_": "1048576"})
+    proc = subprocess.run(
+        [sys.executable, "-c", MEASURE, str(adapter), str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+        env={**os.environ, "MALLOC_MMAP_THRESHOLD_": "1048576"},
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     rss = json.loads(proc.stdout.strip().splitlines()[-1])
     grew = rss["after"] - rss["before"]  # the merge's own peak, above the imported libraries
@@ -212,8 +220,19 @@ def kill_while_writing(cmd: list[str], folder: Path) -> None:
 def test_killed_merge_leaves_no_output_and_a_rerun_succeeds(big, tmp_path):
     base, adapter, size = big
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "vlmsurgeon.cli", "merge", str(adapter), "-o", str(out), "--dtype", "fp32",
-           "--max-shard-size", "45MB"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "vlmsurgeon.cli",
+        "merge",
+        str(adapter),
+        "-o",
+        str(out),
+        "--dtype",
+        "fp32",
+        "--max-shard-size",
+        "45MB",
+    ]
     kill_while_writing(cmd, tmp_path)
     assert not out.exists()
     leftovers = list(tmp_path.glob(".out.merge-*"))

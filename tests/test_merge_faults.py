@@ -16,15 +16,18 @@ from pathlib import Path
 
 import pytest
 
-from vlmsurgeon.runconfig import RunOptions
-from vlmsurgeon.train import finetune
+from vlmsurgeon.train.loop import finetune
+from vlmsurgeon.train.runconfig import RunOptions
 
 RESAVE = "(try: re-download or re-save the file)"
 
 
 def train(model: Path, shapes: Path, out: Path, freeze: str) -> Path:
-    finetune(RunOptions(model=str(model), data=str(shapes), output=str(out), freeze=freeze, steps=2,
-                        batch_size=2, seq_len=1024))
+    finetune(
+        RunOptions(
+            model=str(model), data=str(shapes), output=str(out), freeze=freeze, steps=2, batch_size=2, seq_len=1024
+        )
+    )
     return out
 
 
@@ -61,21 +64,24 @@ def rewrite_header(path: Path, change) -> None:
     """Edit a safetensors header in place (its data stays as it was)."""
     raw = path.read_bytes()
     (length,) = struct.unpack("<Q", raw[:8])
-    header = json.loads(raw[8:8 + length])
+    header = json.loads(raw[8 : 8 + length])
     change(header)
     new = json.dumps(header).encode()
     new += b" " * (-len(new) % 8)
-    path.write_bytes(struct.pack("<Q", len(new)) + new + raw[8 + length:])
+    path.write_bytes(struct.pack("<Q", len(new)) + new + raw[8 + length :])
 
 
 # --- 1. no silent wrong result -------------------------------------------------------------
+
 
 def test_run_without_its_adapter_is_not_exported_as_the_base(run, tmp_path, cli):
     shutil.rmtree(run / "adapter")
     code, out, err = cli("merge", run, "-o", tmp_path / "out")
     assert code == 2 and out == ""
-    assert error_line(err) == (f"run '{run}' lacks 'adapter', which its vlmsurgeon.json records "
-                               "(try: restore it from where the run was trained, or re-run finetune)")
+    assert error_line(err) == (
+        f"run '{run}' lacks 'adapter', which its vlmsurgeon.json records "
+        "(try: restore it from where the run was trained, or re-run finetune)"
+    )
     nothing_beside(tmp_path / "out")
 
 
@@ -90,8 +96,10 @@ def test_run_without_its_processor(run, tmp_path, cli):
     shutil.rmtree(run / "processor")  # the base's processor files may differ from the run's
     code, _, err = cli("merge", run, "-o", tmp_path / "out")
     assert code == 2
-    assert error_line(err) == (f"run '{run}' lacks 'processor', which its vlmsurgeon.json records "
-                               "(try: restore it from where the run was trained)")
+    assert error_line(err) == (
+        f"run '{run}' lacks 'processor', which its vlmsurgeon.json records "
+        "(try: restore it from where the run was trained)"
+    )
     nothing_beside(tmp_path / "out")
 
 
@@ -109,12 +117,16 @@ def test_run_whose_adapter_holds_nothing(run, tiny_models, tmp_path, cli):
     code, out, err = cli("diff", tiny_models("qwen2_vl"), run)
     assert code == 2 and out == ""
     recorded = json.loads((run / "vlmsurgeon.json").read_text())["trainable_params"]
-    assert error_line(err) == (f"run '{run}' records {recorded} trainable parameters but holds no trained "
-                               "tensors (try: restore the run's adapter/ and trained_components.safetensors)")
+    assert error_line(err) == (
+        f"run '{run}' records {recorded} trainable parameters but holds no trained "
+        "tensors (try: restore the run's adapter/ and trained_components.safetensors)"
+    )
     code, out, err = cli("merge", run, "-o", tmp_path / "out")
     assert code == 2 and out == ""
-    assert error_line(err) == (f"'{run}' holds no LoRA modules and no trained tensors: nothing to merge "
-                               "(try: point at a run or adapter that trained something)")
+    assert error_line(err) == (
+        f"'{run}' holds no LoRA modules and no trained tensors: nothing to merge "
+        "(try: point at a run or adapter that trained something)"
+    )
     nothing_beside(tmp_path / "out")
 
 
@@ -123,8 +135,9 @@ def test_empty_adapter_is_nothing_to_merge(tiny_models, tmp_path, cli):
 
     adapter = tmp_path / "adapter"
     adapter.mkdir()
-    (adapter / "adapter_config.json").write_text(json.dumps(
-        {"peft_type": "LORA", "base_model_name_or_path": str(tiny_models("qwen2_vl")), "lora_alpha": 16}))
+    (adapter / "adapter_config.json").write_text(
+        json.dumps({"peft_type": "LORA", "base_model_name_or_path": str(tiny_models("qwen2_vl")), "lora_alpha": 16})
+    )
     save_file({}, str(adapter / "adapter_model.safetensors"))
     code, _, err = cli("merge", adapter, "-o", tmp_path / "out")
     assert code == 2 and error_line(err).startswith(f"'{adapter}' holds no LoRA modules and no trained tensors")
@@ -133,8 +146,9 @@ def test_empty_adapter_is_nothing_to_merge(tiny_models, tmp_path, cli):
 def test_only_a_component_the_run_did_not_train(run, tmp_path, cli):
     code, out, err = cli("merge", run, "-o", tmp_path / "out", "--only", "vision")
     assert code == 2 and out == ""
-    assert error_line(err) == ("--only vision: nothing was trained there (the run changed lm, merger) "
-                               "(try: --only lm,merger)")
+    assert error_line(err) == (
+        "--only vision: nothing was trained there (the run changed lm, merger) (try: --only lm,merger)"
+    )
     nothing_beside(tmp_path / "out")
 
 
@@ -142,8 +156,10 @@ def test_identical_sides_may_say_unchanged(tiny_models, cli):
     code, out, err = cli("diff", tiny_models("qwen2_vl"), tiny_models("qwen2_vl"), "--json")
     assert code == 0, err
     result = json.loads(out)
-    assert all(c["changed"] == c["cast_only"] == 0 and c["unchanged"] == c["tensors"] > 0
-               for c in result["components"].values())
+    assert all(
+        c["changed"] == c["cast_only"] == 0 and c["unchanged"] == c["tensors"] > 0
+        for c in result["components"].values()
+    )
     assert result["casts"] == {}
 
 
@@ -152,8 +168,10 @@ def test_a_merged_export_is_not_merged_again(run, tmp_path, cli):
     assert code == 0, err
     code, _, err = cli("merge", tmp_path / "once", "-o", tmp_path / "twice")
     assert code == 2
-    assert error_line(err) == (f"'{tmp_path / 'once'}' is a merged export: its changes are already in its "
-                               "weights (try: merge the run directory or adapter it was made from)")
+    assert error_line(err) == (
+        f"'{tmp_path / 'once'}' is a merged export: its changes are already in its "
+        "weights (try: merge the run directory or adapter it was made from)"
+    )
 
 
 # --- 2. corrupt inputs ---------------------------------------------------------------------
@@ -167,8 +185,9 @@ DAMAGE = {  # what is done to the file's bytes -> what the error says about it
 
 
 @pytest.mark.parametrize("damage", list(DAMAGE))
-@pytest.mark.parametrize("target", ["adapter/adapter_model.safetensors", "trained_components.safetensors",
-                                    "base/model.safetensors"])
+@pytest.mark.parametrize(
+    "target", ["adapter/adapter_model.safetensors", "trained_components.safetensors", "base/model.safetensors"]
+)
 def test_damaged_safetensors_is_named(run, base, tmp_path, cli, damage, target):
     path = tmp_path / target if target.startswith("base/") else run / target
     source = run / "adapter" / "adapter_model.safetensors"
@@ -233,15 +252,20 @@ def test_base_without_weights(run, base, tmp_path, cli):
         weights.unlink()
     code, _, err = cli("merge", run, "--base", base, "-o", tmp_path / "out")
     assert code == 2
-    assert error_line(err) == (f"checkpoint '{base}' has no *.safetensors weights "
-                               "(try: pass --base DIR, a checkpoint saved with save_pretrained)")
+    assert error_line(err) == (
+        f"checkpoint '{base}' has no *.safetensors weights "
+        "(try: pass --base DIR, a checkpoint saved with save_pretrained)"
+    )
     code, _, err = cli("diff", base, run)
     assert code == 2
-    assert error_line(err) == (f"checkpoint '{base}' has no *.safetensors weights (try: use checkpoints saved "
-                               "with save_pretrained; a run's base is base.reference in its vlmsurgeon.json)")
+    assert error_line(err) == (
+        f"checkpoint '{base}' has no *.safetensors weights (try: use checkpoints saved "
+        "with save_pretrained; a run's base is base.reference in its vlmsurgeon.json)"
+    )
 
 
 # --- 3. -o problems ------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("force", [False, True])
 def test_output_that_is_a_file_is_never_replaced(run, tmp_path, cli, force):
@@ -249,8 +273,9 @@ def test_output_that_is_a_file_is_never_replaced(run, tmp_path, cli, force):
     target.write_bytes(b"keep me")
     code, _, err = cli("merge", run, "-o", target, *(["--force"] if force else []))
     assert code == 2
-    assert error_line(err) == (f"output '{target}' is a file, not a folder "
-                               "(try: choose a folder path for -o; --force replaces only a folder)")
+    assert error_line(err) == (
+        f"output '{target}' is a file, not a folder (try: choose a folder path for -o; --force replaces only a folder)"
+    )
     assert target.read_bytes() == b"keep me" and not list(tmp_path.glob(".model.safetensors.merge-*"))
 
 
@@ -280,8 +305,10 @@ def test_output_in_a_read_only_folder(run, tmp_path, cli, monkeypatch):
     finally:
         folder.chmod(0o755)
     assert code == 2 and out == ""
-    assert error_line(err) == (f"cannot write the output in '{folder}' (Permission denied) "
-                               "(try: choose another -o, or make that folder writable)")
+    assert error_line(err) == (
+        f"cannot write the output in '{folder}' (Permission denied) "
+        "(try: choose another -o, or make that folder writable)"
+    )
     assert list(folder.iterdir()) == []
 
 
@@ -300,6 +327,7 @@ def test_leftovers_of_a_killed_merge_are_removed_by_the_next(run, tmp_path, cli)
 
 # --- 4. modes under the umask --------------------------------------------------------------
 
+
 def modes(root: Path) -> set[tuple[str, int]]:
     return {("dir" if p.is_dir() else "file", stat.S_IMODE(p.stat().st_mode)) for p in [root, *root.rglob("*")]}
 
@@ -308,8 +336,10 @@ def modes(root: Path) -> set[tuple[str, int]]:
 def test_exports_honour_the_umask(run, tmp_path, cli, mask, folder, file):
     old = os.umask(mask)
     try:
-        results = [cli("merge", run, "-o", tmp_path / "out")[0],
-                   cli("merge", run, "-o", tmp_path / "lm", "--adapter-only", "--only", "lm")[0]]
+        results = [
+            cli("merge", run, "-o", tmp_path / "out")[0],
+            cli("merge", run, "-o", tmp_path / "lm", "--adapter-only", "--only", "lm")[0],
+        ]
         assert modes(tmp_path / "out") == modes(tmp_path / "lm") == {("dir", folder), ("file", file)}
         results.append(cli("merge", run, "-o", tmp_path / "out", "--force")[0])  # replacing keeps them
     finally:
@@ -320,6 +350,7 @@ def test_exports_honour_the_umask(run, tmp_path, cli, mask, folder, file):
 
 
 # --- 5. hints name only options the command has --------------------------------------------
+
 
 def test_hints_name_only_the_commands_own_options(run, base, tiny_models, tmp_path, cli):
     config = json.loads((base / "config.json").read_text())
@@ -332,15 +363,19 @@ def test_hints_name_only_the_commands_own_options(run, base, tiny_models, tmp_pa
     record["base"]["reference"] = str(tmp_path / "gone")
     (run / "vlmsurgeon.json").write_text(json.dumps(record))
     code, _, err = cli("merge", run, "-o", tmp_path / "out")
-    assert code == 2 and error_line(err) == (f"base model '{tmp_path / 'gone'}' is not a local directory "
-                                             "(try: pass --base DIR, a checkpoint saved with save_pretrained)")
+    assert code == 2 and error_line(err) == (
+        f"base model '{tmp_path / 'gone'}' is not a local directory "
+        "(try: pass --base DIR, a checkpoint saved with save_pretrained)"
+    )
     code, _, err = cli("diff", tiny_models("qwen2_vl"), run)
     assert code == 2 and error_line(err) == (
         f"base model '{tmp_path / 'gone'}' is not a local directory (try: use checkpoints saved with "
-        "save_pretrained; a run's base is base.reference in its vlmsurgeon.json)")
+        "save_pretrained; a run's base is base.reference in its vlmsurgeon.json)"
+    )
 
 
 # --- verify on a run without a peft adapter ------------------------------------------------
+
 
 def test_verify_a_run_trained_without_lora(tiny_models, shapes, tmp_path, cli):
     run = train(tiny_models("qwen2_vl"), shapes, tmp_path / "run", "vision,lm")  # merger in full only

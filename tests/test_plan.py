@@ -8,12 +8,15 @@ import json
 import pytest
 
 from tests.conftest import ROOT, unknown_model
-from vlmsurgeon.freeze import apply_preset
-from vlmsurgeon.plan import plan_model
-from vlmsurgeon.preset import load_preset
+from vlmsurgeon.plan.plan import plan_model
+from vlmsurgeon.recipe.freeze import apply_preset
+from vlmsurgeon.recipe.preset import load_preset
 
-CASES = [(f, p) for f in ("qwen2_vl", "llava", "mllama", "paligemma", "qwen3_vl", "internvl")
-         for p in ("lm-lora", "per-modality-lora", "vision-only")]
+CASES = [
+    (f, p)
+    for f in ("qwen2_vl", "llava", "mllama", "paligemma", "qwen3_vl", "internvl")
+    for p in ("lm-lora", "per-modality-lora", "vision-only")
+]
 
 
 @pytest.mark.parametrize("family,preset", CASES)
@@ -87,8 +90,10 @@ def test_an_unknown_model_type_offers_remote_code_only_when_the_config_has_auto_
     model = unknown_model(tmp_path / "model", "not_a_model", auto_map)
     budget = tmp_path / "budget.yaml"
     budget.write_text(f"models:\n  - name: x\n    model: {model}\n    freeze: vision\n    limits:\n      total: 1B\n")
-    for args, setting in ((("plan", model, "--freeze", "vision"), "pass --trust-remote-code"),
-                          (("budget", "check", budget), "set trust_remote_code: true on the entry")):
+    for args, setting in (
+        (("plan", model, "--freeze", "vision"), "pass --trust-remote-code"),
+        (("budget", "check", budget), "set trust_remote_code: true on the entry"),
+    ):
         code, _, err = cli(*args)
         lines = [line for line in err.splitlines() if line.startswith("vlmsurgeon: error:")]
         assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
@@ -98,6 +103,7 @@ def test_an_unknown_model_type_offers_remote_code_only_when_the_config_has_auto_
             assert "needs code from the model repo" in line and f"(try: {setting} if you trust the repo's code)" in line
         else:
             assert "is unknown to transformers" in line and "has no auto_map" in line, line
-            assert line.endswith("(try: upgrade transformers if the model type is newer, or check model_type "
-                                 "in its config.json)"), line
+            assert line.endswith(
+                "(try: upgrade transformers if the model type is newer, or check model_type in its config.json)"
+            ), line
             assert "remote" not in line.split("(try: ")[1] and "trust" not in line, line

@@ -8,34 +8,71 @@ import json
 import pytest
 import torch.nn as nn
 
-from vlmsurgeon.freeze import apply_preset
-from vlmsurgeon.preset import builtin_names, builtin_text, freeze_preset, load_preset
+from vlmsurgeon.recipe.freeze import apply_preset
+from vlmsurgeon.recipe.preset import builtin_names, builtin_text, freeze_preset, load_preset
 
 # Hand-written: which parameter-name prefixes make up each component, per tiny family.
 PREFIXES = {
-    "llava": {"vision": ["model.vision_tower."], "merger": ["model.multi_modal_projector."],
-              "lm": ["model.language_model."], "head": ["lm_head."]},
-    "qwen2_vl": {"vision": ["model.visual."], "merger": ["model.visual.merger."],
-                 "lm": ["model.language_model."], "head": ["lm_head."]},
-    "qwen3_vl": {"vision": ["model.visual."],
-                 "merger": ["model.visual.merger.", "model.visual.deepstack_merger_list."],
-                 "lm": ["model.language_model."], "head": ["lm_head."]},
-    "mllama": {"vision": ["model.vision_model."],
-               "merger": ["model.multi_modal_projector.", "model.language_model.layers.1."],
-               "lm": ["model.language_model."], "head": ["lm_head."]},
-    "paligemma": {"vision": ["model.vision_tower."], "merger": ["model.multi_modal_projector."],
-                  "lm": ["model.language_model."], "head": []},  # head tied to the embeddings
-    "idefics3": {"vision": ["model.vision_model."], "merger": ["model.connector."],
-                 "lm": ["model.text_model."], "head": ["lm_head."]},
-    "qwen2_5_vl": {"vision": ["model.visual."], "merger": ["model.visual.merger."],
-                   "lm": ["model.language_model."], "head": ["lm_head."]},
-    "llava_next": {"vision": ["model.vision_tower."],
-                   "merger": ["model.multi_modal_projector.", "model.image_newline"],
-                   "lm": ["model.language_model."], "head": ["lm_head."]},
-    "gemma3": {"vision": ["model.vision_tower."], "merger": ["model.multi_modal_projector."],
-               "lm": ["model.language_model."], "head": []},
-    "internvl": {"vision": ["model.vision_tower."], "merger": ["model.multi_modal_projector."],
-                 "lm": ["model.language_model."], "head": []},
+    "llava": {
+        "vision": ["model.vision_tower."],
+        "merger": ["model.multi_modal_projector."],
+        "lm": ["model.language_model."],
+        "head": ["lm_head."],
+    },
+    "qwen2_vl": {
+        "vision": ["model.visual."],
+        "merger": ["model.visual.merger."],
+        "lm": ["model.language_model."],
+        "head": ["lm_head."],
+    },
+    "qwen3_vl": {
+        "vision": ["model.visual."],
+        "merger": ["model.visual.merger.", "model.visual.deepstack_merger_list."],
+        "lm": ["model.language_model."],
+        "head": ["lm_head."],
+    },
+    "mllama": {
+        "vision": ["model.vision_model."],
+        "merger": ["model.multi_modal_projector.", "model.language_model.layers.1."],
+        "lm": ["model.language_model."],
+        "head": ["lm_head."],
+    },
+    "paligemma": {
+        "vision": ["model.vision_tower."],
+        "merger": ["model.multi_modal_projector."],
+        "lm": ["model.language_model."],
+        "head": [],
+    },  # head tied to the embeddings
+    "idefics3": {
+        "vision": ["model.vision_model."],
+        "merger": ["model.connector."],
+        "lm": ["model.text_model."],
+        "head": ["lm_head."],
+    },
+    "qwen2_5_vl": {
+        "vision": ["model.visual."],
+        "merger": ["model.visual.merger."],
+        "lm": ["model.language_model."],
+        "head": ["lm_head."],
+    },
+    "llava_next": {
+        "vision": ["model.vision_tower."],
+        "merger": ["model.multi_modal_projector.", "model.image_newline"],
+        "lm": ["model.language_model."],
+        "head": ["lm_head."],
+    },
+    "gemma3": {
+        "vision": ["model.vision_tower."],
+        "merger": ["model.multi_modal_projector."],
+        "lm": ["model.language_model."],
+        "head": [],
+    },
+    "internvl": {
+        "vision": ["model.vision_tower."],
+        "merger": ["model.multi_modal_projector."],
+        "lm": ["model.language_model."],
+        "head": [],
+    },
 }
 FAMILIES = sorted(PREFIXES)
 PRESETS = builtin_names() + ["--freeze vision", "--freeze vision,merger"]
@@ -65,8 +102,7 @@ def expected_trainable(model: nn.Module, preset, family: str) -> dict[str, set[s
     head = model.get_output_embeddings()
     for path, module in model.named_modules():
         comp = component_of(path + ".", family)
-        if (isinstance(module, nn.Linear) and module is not head
-                and preset.spec(comp).mode.value == "lora"):
+        if isinstance(module, nn.Linear) and module is not head and preset.spec(comp).mode.value == "lora":
             out[comp] |= {f"{path}.lora_A.weight", f"{path}.lora_B.weight"}
     return out
 
@@ -101,8 +137,10 @@ def test_exact_trainable_names(tiny_models, family, preset_name):
             assert isinstance(module.get_base_layer(), nn.Linear), base
     for comp, state in applied.components.items():
         assert state.trainable == sum(
-            p.numel() for n, p in applied.model.named_parameters()
-            if p.requires_grad and component_of(normalise(n).split(".lora_")[0] + ".", family) == comp)
+            p.numel()
+            for n, p in applied.model.named_parameters()
+            if p.requires_grad and component_of(normalise(n).split(".lora_")[0] + ".", family) == comp
+        )
 
 
 def test_user_preset_file_works_where_a_name_does(tmp_path, cli, tiny_models):
@@ -124,12 +162,21 @@ def test_user_preset_file_works_where_a_name_does(tmp_path, cli, tiny_models):
 
 def test_invalid_preset_lists_every_problem(tmp_path, cli, tiny_models):
     path = tmp_path / "bad.yaml"
-    path.write_text("name: bad\ncolour: red\ncomponents:\n  eyes: {mode: full}\n"
-                    "  lm: {mode: lora, targets: everything, rr: 3}\n  vision: {mode: frozen, r: 4}\n")
+    path.write_text(
+        "name: bad\ncolour: red\ncomponents:\n  eyes: {mode: full}\n"
+        "  lm: {mode: lora, targets: everything, rr: 3}\n  vision: {mode: frozen, r: 4}\n"
+    )
     code, _, err = cli("plan", tiny_models("llava"), "--preset", path)
     assert code == 2 and "Traceback" not in err
-    for needle in ("colour", "components.eyes", "components.lm.targets", "components.lm.rr",
-                   "components.vision", "5 problem(s)", "Input should be 'vision'"):
+    for needle in (
+        "colour",
+        "components.eyes",
+        "components.lm.targets",
+        "components.lm.rr",
+        "components.vision",
+        "5 problem(s)",
+        "Input should be 'vision'",
+    ):
         assert needle in err, needle
     assert len(err.strip().splitlines()) == 1
 
@@ -140,9 +187,11 @@ def test_unknown_freeze_component_names_the_valid_ones(cli, tiny_models):
 
 
 def test_every_shipped_preset_is_documented():
-    from vlmsurgeon.preset import builtin_text
+    from vlmsurgeon.recipe.preset import builtin_text
 
-    assert {"vision-only", "text-only", "projector-only", "per-modality-lora", "lm-lora", "full"} <= set(builtin_names())
+    assert {"vision-only", "text-only", "projector-only", "per-modality-lora", "lm-lora", "full"} <= set(
+        builtin_names()
+    )
     for name in builtin_names():
         text = builtin_text(name)
         assert text.startswith(f"# {name}:"), name
@@ -166,6 +215,7 @@ def test_no_shipped_preset_speaks_of_internal_sources(cli):
 def test_absent_component_is_noted_only_where_the_user_named_it(tiny_models, cli, tmp_path):
     """The built-in `full` lists audio for the models that have one: on LLaVA that is no news. The
     same file as the user's own, or a --freeze naming audio, is worth a note."""
+
     def absent(*args):
         code, out, err = cli("plan", tiny_models("llava"), *args, "--json")
         assert code == 0, err

@@ -8,11 +8,11 @@ import json
 import pytest
 
 from tests.conftest import ROOT, save_config
-from vlmsurgeon.freeze import classified_tree, present_components
-from vlmsurgeon.inspection import meta_model
-from vlmsurgeon.plan import resolve_preset
-from vlmsurgeon.probe import display_name, group_names, probe_model
-from vlmsurgeon.replica import narrow_config
+from vlmsurgeon.model.inspection import meta_model
+from vlmsurgeon.plan.plan import resolve_preset
+from vlmsurgeon.plan.probe import display_name, group_names, probe_model
+from vlmsurgeon.plan.replica import narrow_config
+from vlmsurgeon.recipe.freeze import classified_tree, present_components
 
 MOE_235B = ROOT / "examples" / "qwen3-vl-235b-a22b"
 
@@ -28,7 +28,9 @@ def _last_layer_and_post_norm(full, tower: str) -> set[str]:
     layers = full.config.vision_config.num_hidden_layers
     last = f"{tower}.encoder.layers.{layers - 1}."
     return {n for n, _ in full.named_parameters() if n.startswith(last)} | {
-        f"{tower}.post_layernorm.weight", f"{tower}.post_layernorm.bias"}
+        f"{tower}.post_layernorm.weight",
+        f"{tower}.post_layernorm.bias",
+    }
 
 
 def test_llava_tiny_probe_names_the_last_vision_layer_and_post_layernorm(tiny_models, cli):
@@ -43,8 +45,10 @@ def test_llava_tiny_probe_names_the_last_vision_layer_and_post_layernorm(tiny_mo
     for comp in ("merger", "lm", "head"):
         assert data["components"][comp]["dead_trainable"] == [], comp
     assert data["probe"]["dead_trainable_count"] == 18
-    assert data["probe"]["dead_trainable_groups"] == ["model.vision_tower.encoder.layers.1.*",
-                                                      "model.vision_tower.post_layernorm.*"]
+    assert data["probe"]["dead_trainable_groups"] == [
+        "model.vision_tower.encoder.layers.1.*",
+        "model.vision_tower.post_layernorm.*",
+    ]
     code, out, _ = cli("plan", tiny_models("llava"), "--freeze", "lm", "--probe")
     assert "dead vision: 18 trainable tensor(s)" in " ".join(out.split())
 
@@ -57,7 +61,8 @@ def test_plan_strict_exits_1_on_dead_parameters_and_0_when_none(tiny_models, cli
     assert err.strip().splitlines() == [
         "vlmsurgeon: error: plan --strict: 18 trainable tensor(s) got no gradient (vision 18): "
         "model.vision_tower.encoder.layers.1.*, model.vision_tower.post_layernorm.* "
-        "(try: freeze those parameters (a preset / --freeze), or drop --strict)"]
+        "(try: freeze those parameters (a preset / --freeze), or drop --strict)"
+    ]
     # lm-lora trains only the LM: every trainable tensor gets a gradient, so --strict passes
     code, out, err = cli("plan", tiny_models("llava"), "--preset", "lm-lora", "--probe", "--strict")
     assert code == 0, err
@@ -69,7 +74,8 @@ def test_plan_strict_without_probe_is_a_usage_error(tiny_models, cli, tmp_path):
     assert code == 2 and out == ""
     assert err.strip().splitlines() == [
         "vlmsurgeon: error: plan --strict judges the gradient probe, and no probe was asked for "
-        "(try: add --probe (or probe: true in the config), or drop --strict)"]
+        "(try: add --probe (or probe: true in the config), or drop --strict)"
+    ]
     config = tmp_path / "run.yaml"  # a probe asked for in the config counts
     config.write_text(f"model: {tiny_models('llava')}\nfreeze: lm\nprobe: true\n")
     code, _, err = cli("plan", "--config", config, "--strict")
@@ -89,8 +95,11 @@ def test_lora_on_the_dead_layer_is_dead_and_other_lora_pairs_live(tiny_models):
     """per-modality-lora: LoRA B starts at zero, so A gets no gradient on step one anywhere;
     a pair is judged by B. Only the last layer's LoRA pairs are dead (post-layernorm is frozen)."""
     full, result = _probe(tiny_models("llava"), preset="per-modality-lora")
-    modules = {n for n, m in full.named_modules()
-               if n.startswith("model.vision_tower.encoder.layers.1.") and type(m).__name__ == "Linear"}
+    modules = {
+        n
+        for n, m in full.named_modules()
+        if n.startswith("model.vision_tower.encoder.layers.1.") and type(m).__name__ == "Linear"
+    }
     expected = {f"{m}.lora_{x}.weight" for m in modules for x in "AB"}
     assert len(expected) == 12
     assert set(result.report.dead) == {"vision"}
@@ -112,7 +121,7 @@ def test_qwen2_5_vl_default_config_per_modality_lora_nothing_dead(tmp_path):
 
 def test_235b_moe_replica_keeps_every_name_and_probes(tmp_path):
     """Qwen3-VL-235B-A22B: 94 layers × 128 experts, widths shrunk, names one to one."""
-    from vlmsurgeon.sources import build_on_meta
+    from vlmsurgeon.model.sources import build_on_meta
 
     source, full = meta_model(str(MOE_235B))
     narrow = narrow_config(full.config)
@@ -147,12 +156,28 @@ def test_finetune_warns_with_the_same_names_and_records_them(tiny_models, shapes
     model = tiny_models("llava")
     _, probe = _probe(model, freeze="lm")
     run = tmp_path / "run"
-    code, _, err = cli("finetune", model, "--data", shapes, "-o", run, "--freeze", "lm", "--steps", "2",
-                       "--batch-size", "2", "--seq-len", "512")
+    code, _, err = cli(
+        "finetune",
+        model,
+        "--data",
+        shapes,
+        "-o",
+        run,
+        "--freeze",
+        "lm",
+        "--steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--seq-len",
+        "512",
+    )
     assert code == 0, err
     line = " ".join(err.split())
-    assert ("vlmsurgeon: warning: first backward step: 18 trainable tensor(s) got no gradient (vision 18): "
-            "model.vision_tower.encoder.layers.1.*, model.vision_tower.post_layernorm.*") in line
+    assert (
+        "vlmsurgeon: warning: first backward step: 18 trainable tensor(s) got no gradient (vision 18): "
+        "model.vision_tower.encoder.layers.1.*, model.vision_tower.post_layernorm.*"
+    ) in line
     # LLaVA stage 1 shape (LM frozen, nothing in LoRA): Trainer trains 4-bit only through adapters
     assert "trains no LoRA adapter, and a 4-bit model trains only through adapters" in line
     saved = json.loads((run / "vlmsurgeon.json").read_text())
@@ -164,15 +189,45 @@ def test_finetune_warns_with_the_same_names_and_records_them(tiny_models, shapes
 
 def test_strict_grads_stops_before_the_first_optimizer_step(tiny_models, shapes, tmp_path, cli):
     run = tmp_path / "run"
-    code, out, err = cli("finetune", tiny_models("llava"), "--data", shapes, "-o", run, "--freeze", "lm",
-                         "--steps", "2", "--batch-size", "2", "--seq-len", "512", "--strict-grads")
+    code, out, err = cli(
+        "finetune",
+        tiny_models("llava"),
+        "--data",
+        shapes,
+        "-o",
+        run,
+        "--freeze",
+        "lm",
+        "--steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--seq-len",
+        "512",
+        "--strict-grads",
+    )
     assert code == 1, err
     lines = err.strip().splitlines()
     assert lines[-1].startswith("vlmsurgeon: error: first backward step: 18 trainable tensor(s)")
     assert "stopped before the first optimizer step" in lines[-1]
     assert not run.exists()  # nothing trained, nothing left behind: a rerun may use the same -o
-    code, _, err = cli("finetune", tiny_models("llava"), "--data", shapes, "-o", run, "--freeze", "vision",
-                       "--steps", "1", "--batch-size", "2", "--seq-len", "512", "--strict-grads")
+    code, _, err = cli(
+        "finetune",
+        tiny_models("llava"),
+        "--data",
+        shapes,
+        "-o",
+        run,
+        "--freeze",
+        "vision",
+        "--steps",
+        "1",
+        "--batch-size",
+        "2",
+        "--seq-len",
+        "512",
+        "--strict-grads",
+    )
     assert code == 0, err  # --freeze vision: nothing dead, strict passes
     record = json.loads((run / "vlmsurgeon.json").read_text())["gradients_first_step"]
     assert record["dead_trainable_count"] == 0 and record["checked"] > 0

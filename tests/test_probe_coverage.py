@@ -19,21 +19,30 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # also run as a script: python tests/test_probe_coverage.py FAMILY…
 
 from tests.test_inspect_architectures import NO_VISION, UNBUILDABLE, _architectures  # noqa: E402
-from vlmsurgeon.support import upstream_breakage  # noqa: E402
+from vlmsurgeon.model.support import upstream_breakage  # noqa: E402
 
 # Dead trainable parameters the probe finds in default configs with everything trainable:
 # LLaVA-1.5's feature layer -2 leaves the last CLIP layer and the post-layernorm without a gradient.
 _CLIP_LAYER_23 = ["model.vision_tower.encoder.layers.23.*", "model.vision_tower.post_layernorm.*"]
 EXPECTED_DEAD = {
-    "llava": _CLIP_LAYER_23, "llava_next": _CLIP_LAYER_23, "llava_next_video": _CLIP_LAYER_23,
+    "llava": _CLIP_LAYER_23,
+    "llava_next": _CLIP_LAYER_23,
+    "llava_next_video": _CLIP_LAYER_23,
     "vipllava": _CLIP_LAYER_23,
     # the probe's batch holds an image, no video: Video-LLaVA's separate video tower gets nothing
-    "video_llava": ["model.image_tower.encoder.layers.23.*", "model.image_tower.post_layernorm.*",
-                    "model.video_tower.*"],
+    "video_llava": [
+        "model.image_tower.encoder.layers.23.*",
+        "model.image_tower.post_layernorm.*",
+        "model.video_tower.*",
+    ],
     # SigLIP, features from the last layer: only the post-layernorm is left out
     "llava_onevision": ["model.vision_tower.post_layernorm.*"],
     # families whose every trainable parameter learns
-    "qwen2_5_vl": [], "qwen3_vl": [], "qwen3_vl_moe": [], "mllama": [], "internvl": [],
+    "qwen2_5_vl": [],
+    "qwen3_vl": [],
+    "qwen3_vl_moe": [],
+    "mllama": [],
+    "internvl": [],
 }
 # Default configs that contradict themselves (a projector that pools 14 × 14 patches into 16 × 16
 # tokens, three rotary sections that need half the head's dims): the values the released
@@ -41,7 +50,8 @@ EXPECTED_DEAD = {
 _SIGLIP_896 = {"model_type": "siglip_vision_model", "image_size": 896, "patch_size": 14, "vision_use_head": False}
 _GLM_ROPE = {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5, "mrope_section": [8, 12, 12]}
 REAL_VALUES = {
-    "gemma3": {"vision_config": _SIGLIP_896}, "shieldgemma2": {"vision_config": _SIGLIP_896},
+    "gemma3": {"vision_config": _SIGLIP_896},
+    "shieldgemma2": {"vision_config": _SIGLIP_896},
     "glm4v": {"text_config": {"rope_parameters": _GLM_ROPE}},
     "glm46v": {"text_config": {"model_type": "glm4v_text", "rope_parameters": _GLM_ROPE}},
     "glmga": {"text_config": {"rope_parameters": _GLM_ROPE}},
@@ -58,16 +68,26 @@ def run_chunk(families: list[str]) -> dict[str, dict]:
     results: dict[str, dict] = {}
     todo = list(families)
     while todo:
-        proc = subprocess.run([sys.executable, __file__, *todo], capture_output=True, text=True,
-                              cwd=ROOT, timeout=1200, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        proc = subprocess.run(
+            [sys.executable, __file__, *todo],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=1200,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
         for line in proc.stdout.splitlines():
             if line.startswith("RESULT "):
                 record = json.loads(line[7:])
                 results[record["model_type"]] = record
         todo = [m for m in todo if m not in results]
         if todo:  # the child died on todo[0]
-            results[todo[0]] = {"model_type": todo[0], "status": f"crashed (exit {proc.returncode}): "
-                                f"{proc.stderr.strip()[-200:]}", "dead": [], "seconds": 0.0}
+            results[todo[0]] = {
+                "model_type": todo[0],
+                "status": f"crashed (exit {proc.returncode}): {proc.stderr.strip()[-200:]}",
+                "dead": [],
+                "seconds": 0.0,
+            }
             todo = todo[1:]
     return results
 
@@ -89,13 +109,18 @@ def test_probe_coverage_of_the_families_inspect_covers(capsys):
     slowest = sorted(results.values(), key=lambda r: -r["seconds"])[:3]
     total = sum(r["seconds"] for r in results.values())
     with capsys.disabled():
-        print(f"\nthe probe covers {len(covered)} of the {len(families)} families inspect covers "
-              f"(default configs, preset full; {len(REAL_VALUES)} with the released checkpoints' "
-              f"values where the default contradicts itself: {', '.join(sorted(REAL_VALUES))}); "
-              f"{sum(bool(d) for d in covered.values())} have "
-              f"dead trainable parameters: "
-              + "; ".join(f"{m}: {', '.join(d[:2])}" for m, d in sorted(covered.items()) if d))
-        print(f"probe time {total:.0f} s in all; slowest: " + ", ".join(f"{r['model_type']} {r['seconds']:.1f} s" for r in slowest))
+        print(
+            f"\nthe probe covers {len(covered)} of the {len(families)} families inspect covers "
+            f"(default configs, preset full; {len(REAL_VALUES)} with the released checkpoints' "
+            f"values where the default contradicts itself: {', '.join(sorted(REAL_VALUES))}); "
+            f"{sum(bool(d) for d in covered.values())} have "
+            f"dead trainable parameters: "
+            + "; ".join(f"{m}: {', '.join(d[:2])}" for m, d in sorted(covered.items()) if d)
+        )
+        print(
+            f"probe time {total:.0f} s in all; slowest: "
+            + ", ".join(f"{r['model_type']} {r['seconds']:.1f} s" for r in slowest)
+        )
         print("covered: " + ", ".join(sorted(covered)))
         print("not covered:")
         for model_type in sorted(failed):
@@ -109,10 +134,10 @@ def test_probe_coverage_of_the_families_inspect_covers(capsys):
 def _probe(model_type: str, directory: Path) -> tuple[str, list[str]]:
     from tests.conftest import save_config
     from vlmsurgeon.errors import BadInput
-    from vlmsurgeon.freeze import classified_tree, present_components
-    from vlmsurgeon.inspection import meta_model
-    from vlmsurgeon.plan import resolve_preset
-    from vlmsurgeon.probe import probe_model
+    from vlmsurgeon.model.inspection import meta_model
+    from vlmsurgeon.plan.plan import resolve_preset
+    from vlmsurgeon.plan.probe import probe_model
+    from vlmsurgeon.recipe.freeze import classified_tree, present_components
 
     try:
         source, full = meta_model(str(save_config(model_type, directory, **REAL_VALUES.get(model_type, {}))))
@@ -134,5 +159,8 @@ if __name__ == "__main__":
         with tempfile.TemporaryDirectory() as tmp:
             status, dead = _probe(name, Path(tmp))
         gc.collect()
-        print("RESULT " + json.dumps({"model_type": name, "status": status, "dead": dead,
-                                      "seconds": time.perf_counter() - start}), flush=True)
+        print(
+            "RESULT "
+            + json.dumps({"model_type": name, "status": status, "dead": dead, "seconds": time.perf_counter() - start}),
+            flush=True,
+        )

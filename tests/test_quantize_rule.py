@@ -8,13 +8,15 @@ import json
 import pytest
 
 from tests.conftest import ROOT
-from vlmsurgeon.components import ALL_COMPONENTS
-from vlmsurgeon.preset import load_preset, loaded_4bit, parse_preset
+from vlmsurgeon.model.components import ALL_COMPONENTS
+from vlmsurgeon.recipe.preset import load_preset, loaded_4bit, parse_preset
 
 BIG = ROOT / "examples" / "qwen3-vl-235b-a22b"
 NF4 = 4 + 8 / 64 + 32 / (64 * 256)
-NO_LORA = ("trains no LoRA adapter, and a 4-bit model trains only through adapters: loading without "
-           "4-bit (--quantize none), lm in 16-bit")
+NO_LORA = (
+    "trains no LoRA adapter, and a 4-bit model trains only through adapters: loading without "
+    "4-bit (--quantize none), lm in 16-bit"
+)
 PRESENT = ["head", "lm", "merger", "vision"]
 
 
@@ -70,15 +72,23 @@ def test_plan_235b_lm_lora_stays_4bit_and_names_the_fused_experts(cli):
     linear = layers * 2 * (heads * hd * h + kv * hd * h)  # q, o and k, v: the LM's only nn.Linear
     lm = data["components"]["lm"]["params"]
     assert {name: c["quantized"] for name, c in data["components"].items()} == {
-        "vision": False, "merger": False, "lm": True, "head": False}
+        "vision": False,
+        "merger": False,
+        "lm": True,
+        "head": False,
+    }
     others = data["total_params"] - lm
     assert data["memory"]["weights"] == int(linear * NF4 / 8) + 2 * (lm - linear) + 2 * others
     saved = 2 * lm - (int(linear * NF4 / 8) + 2 * (lm - linear))
-    assert (f"lm: {experts:,} of its {lm:,} parameters ({100 * experts / lm:.1f}%) are fused MoE expert "
-            "tensors (3-D, not nn.Linear); bitsandbytes quantizes only nn.Linear, so they stay 16-bit "
-            f"({2 * experts / 2**30:.2f} GiB) and 4-bit saves only {saved / 2**30:.2f} GiB on lm") in data["notes"]
-    assert (f"lm: LoRA reaches 376 nn.Linear module(s), 376 of them attention projections; the {experts:,} "
-            "parameters in fused expert tensors get no LoRA and stay frozen") in data["notes"]
+    assert (
+        f"lm: {experts:,} of its {lm:,} parameters ({100 * experts / lm:.1f}%) are fused MoE expert "
+        "tensors (3-D, not nn.Linear); bitsandbytes quantizes only nn.Linear, so they stay 16-bit "
+        f"({2 * experts / 2**30:.2f} GiB) and 4-bit saves only {saved / 2**30:.2f} GiB on lm"
+    ) in data["notes"]
+    assert (
+        f"lm: LoRA reaches 376 nn.Linear module(s), 376 of them attention projections; the {experts:,} "
+        "parameters in fused expert tensors get no LoRA and stay frozen"
+    ) in data["notes"]
     assert "96.9%" in data["notes"][0] and "9.26 GiB" in data["notes"][0]
 
 
@@ -106,8 +116,11 @@ def _column(out: str, header: str, names) -> dict[str, str]:
     lines = out.splitlines()
     top = next(line for line in lines if f" {header}" in line)
     start = top.index(header)
-    return {line.split()[0]: line[start:start + len(header)].strip() for line in lines
-            if line[:1].strip() and line.split()[0] in names}
+    return {
+        line.split()[0]: line[start : start + len(header)].strip()
+        for line in lines
+        if line[:1].strip() and line.split()[0] in names
+    }
 
 
 def test_presets_table_shows_what_loads(cli, monkeypatch):
@@ -115,14 +128,22 @@ def test_presets_table_shows_what_loads(cli, monkeypatch):
     code, out, _ = cli("presets")
     assert code == 0
     names = ("full", "lm-lora", "per-modality-lora", "projector-only", "text-only", "vision-only")
-    assert _column(out, "4-bit", names) == {"full": "-", "lm-lora": "lm", "per-modality-lora": "lm", "projector-only": "-",
-                    "text-only": "-", "vision-only": "-"}
-    assert ("projector-only, vision-only: quantize lists a component, but nothing trains as LoRA and a 4-bit "
-            "model trains only through adapters, so everything loads in 16-bit") in " ".join(out.split())
+    assert _column(out, "4-bit", names) == {
+        "full": "-",
+        "lm-lora": "lm",
+        "per-modality-lora": "lm",
+        "projector-only": "-",
+        "text-only": "-",
+        "vision-only": "-",
+    }
+    assert (
+        "projector-only, vision-only: quantize lists a component, but nothing trains as LoRA and a 4-bit "
+        "model trains only through adapters, so everything loads in 16-bit"
+    ) in " ".join(out.split())
 
 
 def test_budget_memory_follows_the_rule(tmp_path, cli, tiny_models):
-    from vlmsurgeon.plan import plan_model
+    from vlmsurgeon.plan.plan import plan_model
 
     model = tiny_models("llava")
     budget = tmp_path / "budget.yaml"
@@ -138,8 +159,8 @@ def test_budget_memory_follows_the_rule(tmp_path, cli, tiny_models):
 def test_finetune_loads_what_the_rule_says(tiny_models, capsys):
     import bitsandbytes as bnb
 
-    from vlmsurgeon.runconfig import RunOptions
-    from vlmsurgeon.train import _model_plan, load_for_training
+    from vlmsurgeon.train.loop import _model_plan, load_for_training
+    from vlmsurgeon.train.runconfig import RunOptions
 
     model = str(tiny_models("llava"))
     for preset, four_bit in (("projector-only", set()), ("lm-lora", {"lm"})):

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from tests.test_header_mode import write_header_only
 
-CONFIGURATION = '''
+CONFIGURATION = """
 import os
 from pathlib import Path
 from transformers import PretrainedConfig
@@ -19,8 +18,8 @@ class ToyConfig(PretrainedConfig):
     def __init__(self, hidden=8, vocab=32, **kwargs):
         self.hidden, self.vocab = hidden, vocab
         super().__init__(**kwargs)
-'''
-MODELING = '''
+"""
+MODELING = """
 import torch.nn as nn
 from transformers import PreTrainedModel
 from .configuration_toy import ToyConfig
@@ -42,13 +41,16 @@ class ToyForCausalLM(PreTrainedModel):
         self.model = ToyInner(config)
         self.lm_head = nn.Linear(config.hidden, config.vocab, bias=False)
         self.post_init()
-'''
+"""
 SHAPES = {
-    "model.vision_tower.weight": (8, 8), "model.vision_tower.bias": (8,),
+    "model.vision_tower.weight": (8, 8),
+    "model.vision_tower.bias": (8,),
     "model.multi_modal_projector.weight": (8, 8),
     "model.language_model.embed_tokens.weight": (32, 8),
-    "model.language_model.layers.0.weight": (8, 8), "model.language_model.layers.0.bias": (8,),
-    "model.language_model.layers.1.weight": (8, 8), "model.language_model.layers.1.bias": (8,),
+    "model.language_model.layers.0.weight": (8, 8),
+    "model.language_model.layers.0.bias": (8,),
+    "model.language_model.layers.1.weight": (8, 8),
+    "model.language_model.layers.1.bias": (8,),
     "lm_head.weight": (32, 8),
 }
 EXPECTED = {"vision": 72, "merger": 64, "lm": 256 + 144, "head": 256}
@@ -58,10 +60,20 @@ def make_repo(directory: Path) -> Path:
     directory.mkdir()
     (directory / "configuration_toy.py").write_text(CONFIGURATION)
     (directory / "modeling_toy.py").write_text(MODELING)
-    (directory / "config.json").write_text(json.dumps({
-        "model_type": "toy_vlm", "architectures": ["ToyForCausalLM"], "hidden": 8, "vocab": 32,
-        "auto_map": {"AutoConfig": "configuration_toy.ToyConfig",
-                     "AutoModelForCausalLM": "modeling_toy.ToyForCausalLM"}}))
+    (directory / "config.json").write_text(
+        json.dumps(
+            {
+                "model_type": "toy_vlm",
+                "architectures": ["ToyForCausalLM"],
+                "hidden": 8,
+                "vocab": 32,
+                "auto_map": {
+                    "AutoConfig": "configuration_toy.ToyConfig",
+                    "AutoModelForCausalLM": "modeling_toy.ToyForCausalLM",
+                },
+            }
+        )
+    )
     write_header_only(directory / "model.safetensors", SHAPES, dtype="F32", itemsize=4)
     return directory
 

@@ -39,16 +39,36 @@ def assert_fits(out: str, width: int = 80) -> list[str]:
 
 
 def test_percent_is_one_rule():
-    from vlmsurgeon.report import percent
+    from vlmsurgeon.model.report import percent
 
-    cases = [(0, 7), (7, 7), (50_823_168, 235_670_022_896), (160_496_896, 235_670_022_896),
-             (234_471_304_704, 235_670_022_896), (1, 3), (9_995, 10_000), (996, 100_000), (-3, 100), (5, 0)]
+    cases = [
+        (0, 7),
+        (7, 7),
+        (50_823_168, 235_670_022_896),
+        (160_496_896, 235_670_022_896),
+        (234_471_304_704, 235_670_022_896),
+        (1, 3),
+        (9_995, 10_000),
+        (996, 100_000),
+        (-3, 100),
+        (5, 0),
+    ]
     assert [percent(a, b) for a, b in cases] == [
-        "0%", "100%", "0.022%", "0.068%", "99.5%", "33.3%", ">99.9%", "1.0%", "-3.0%", "-"]
+        "0%",
+        "100%",
+        "0.022%",
+        "0.068%",
+        "99.5%",
+        "33.3%",
+        ">99.9%",
+        "1.0%",
+        "-3.0%",
+        "-",
+    ]
 
 
 def test_ellipsis_in_the_middle_and_wrap_between_words():
-    from vlmsurgeon.layout import ellipsize, wrap
+    from vlmsurgeon.cli.layout import ellipsize, wrap
 
     assert ellipsize(Text("model.visual.deepstack_merger_list"), 15).plain == "model.v…er_list"
     assert ellipsize(Text("short"), 15).plain == "short"
@@ -57,7 +77,7 @@ def test_ellipsis_in_the_middle_and_wrap_between_words():
 
 
 def test_table_shrinks_the_text_column_not_the_numbers():
-    from vlmsurgeon.layout import table_lines
+    from vlmsurgeon.cli.layout import table_lines
 
     table = Table(title="a title that is long enough to need two lines at this width")
     table.add_column("name")
@@ -115,19 +135,21 @@ def test_budget_percent_limit_shows_share_count_and_margin(piped):
 def test_violated_percent_limit_in_junit_names_share_count_and_excess(tmp_path):
     import xml.etree.ElementTree as ET
 
-    from vlmsurgeon.budget import check_budget, junit_xml
+    from vlmsurgeon.plan.budget import check_budget, junit_xml
 
     budget = tmp_path / "budget.yaml"
-    budget.write_text(f"models:\n  - model: {QWEN3}\n    preset: lm-lora\n"
-                      "    limits:\n      trainable: 0.02%\n      lm.trainable: {min: 60M}\n")
+    budget.write_text(
+        f"models:\n  - model: {QWEN3}\n    preset: lm-lora\n"
+        "    limits:\n      trainable: 0.02%\n      lm.trainable: {min: 60M}\n"
+    )
     result = check_budget(budget)
     [pct, low] = result.failures
     assert (pct.edge, pct.margin, low.edge, low.margin) == (47_134_004, -3_689_164, 60_000_000, -9_176_832)
     messages = [f.get("message") for f in ET.fromstring(junit_xml(result)).iter("failure")]
     assert messages == [
-        "trainable = 0.022% = 50,823,168 violates trainable <= 0.02% = 47,134,004 "
-        "(over by 0.0016% = 3,689,164)",
-        "lm.trainable = 50,823,168 violates lm.trainable >= 60M (under by 9,176,832)"]
+        "trainable = 0.022% = 50,823,168 violates trainable <= 0.02% = 47,134,004 (over by 0.0016% = 3,689,164)",
+        "lm.trainable = 50,823,168 violates lm.trainable >= 60M (under by 9,176,832)",
+    ]
 
 
 def test_columns_variable_sets_the_width(piped):
@@ -144,11 +166,14 @@ def tiny_run(tiny_models, tmp_path_factory):
     import sys
 
     from tests.test_finetune import options
-    from vlmsurgeon.train import finetune
+    from vlmsurgeon.train.loop import finetune
 
     base = tmp_path_factory.mktemp("width")
-    subprocess.run([sys.executable, str(ROOT / "examples" / "make_shapes.py"), str(base / "shapes")],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "make_shapes.py"), str(base / "shapes")],
+        check=True,
+        capture_output=True,
+    )
     finetune(options(tiny_models("qwen2_vl"), base / "shapes" / "train.jsonl", base / "run", steps=2))
     return tiny_models("qwen2_vl"), base / "run"
 
@@ -159,12 +184,14 @@ def test_merge_sentence_and_diff_fit(piped, tiny_run, tmp_path):
     code, out, err = piped("merge", run, "-o", out_dir)
     assert code == 0, err
     lines = assert_fits(out)
-    assert lines == [f"{out_dir}:",  # the path on its own line, the rest broken between words
-                     "  merged 14 LoRA modules and 6 trained tensors into the dequantized weights, 1",
-                     "  shard(s), bf16"]
+    assert lines == [
+        f"{out_dir}:",  # the path on its own line, the rest broken between words
+        "  merged 14 LoRA modules and 6 trained tensors into the dequantized weights, 1",
+        "  shard(s), bf16",
+    ]
     code, out, err = piped("diff", model, run)
     assert code == 0, err
     lines = assert_fits(out)
     rule = next(i for i, line in enumerate(lines) if line.startswith("---------  "))
     assert lines[rule - 1].split()[:3] == ["component", "tensors", "changed"]
-    assert sorted(line.split()[0] for line in lines[rule + 1:rule + 5]) == ["head", "lm", "merger", "vision"]
+    assert sorted(line.split()[0] for line in lines[rule + 1 : rule + 5]) == ["head", "lm", "merger", "vision"]

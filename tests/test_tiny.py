@@ -7,11 +7,21 @@ import pytest
 import torch
 from PIL import Image
 
-from vlmsurgeon.inspection import inspect_model
-from vlmsurgeon.tiny_families import FAMILIES
+from vlmsurgeon.model.inspection import inspect_model
+from vlmsurgeon.tiny.families import FAMILIES
 
-REQUIRED = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava", "llava_next", "idefics3", "paligemma",
-            "gemma3", "mllama", "internvl"]
+REQUIRED = [
+    "qwen2_vl",
+    "qwen2_5_vl",
+    "qwen3_vl",
+    "llava",
+    "llava_next",
+    "idefics3",
+    "paligemma",
+    "gemma3",
+    "mllama",
+    "internvl",
+]
 TIED = {"paligemma", "gemma3", "internvl"}  # their default configs tie the head
 
 
@@ -27,11 +37,12 @@ def test_tiny_loads_and_runs_in_plain_transformers(tiny_models, family):
     assert (path / "model.safetensors").is_file() and not list(path.glob("*.bin"))
     processor = AutoProcessor.from_pretrained(path)
     model = AutoModelForImageTextToText.from_pretrained(path).eval()
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Shape?"}]},
-                {"role": "assistant", "content": [{"type": "text", "text": "A red square."}]}]
+    messages = [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Shape?"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "A red square."}]},
+    ]
     text = processor.apply_chat_template(messages, tokenize=False)
-    inputs = processor(images=[Image.new("RGB", (40, 30), (200, 30, 30))], text=[text],
-                       return_tensors="pt")
+    inputs = processor(images=[Image.new("RGB", (40, 30), (200, 30, 30))], text=[text], return_tensors="pt")
     inputs.pop("labels", None)
     with torch.no_grad():
         logits = model(**inputs).logits

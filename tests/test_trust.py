@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from tests.conftest import ROOT
 from tests.test_finetune import options
-from vlmsurgeon.train import finetune
+from vlmsurgeon.train.loop import finetune
 
 
 @pytest.fixture(scope="module")
@@ -22,14 +22,13 @@ def mistral_run(tiny_models, shapes, tmp_path_factory):
     """Mistral Large 3's tiny model: shared_experts, whose adapter keys peft renames wrongly, and an
     indexer projection transformers keeps out of 4-bit."""
     work = tmp_path_factory.mktemp("mistral")
-    finetune(options(tiny_models("mistral_large4"), shapes, work / "run", steps=4, save_every=2, lr=1e-3,
-                     seq_len=1024))
+    finetune(options(tiny_models("mistral_large4"), shapes, work / "run", steps=4, save_every=2, lr=1e-3, seq_len=1024))
     return work / "run"
 
 
 def test_a_run_loads_with_every_adapter_tensor_it_saved(mistral_run):
-    from vlmsurgeon.trained import load_trained
-    from vlmsurgeon.verify import with_adapter
+    from vlmsurgeon.ship.trained import load_trained
+    from vlmsurgeon.ship.verify import with_adapter
 
     saved = load_file(str(mistral_run / "adapter" / "adapter_model.safetensors"))
     model = with_adapter(load_trained(mistral_run, None).base, load_trained(mistral_run, None))
@@ -49,8 +48,9 @@ def test_resume_restores_every_adapter_tensor(mistral_run, tiny_models, shapes, 
     for entry in ("adapter", "vlmsurgeon.json"):
         path = split / entry
         shutil.rmtree(path) if path.is_dir() else path.unlink()
-    finetune(options(tiny_models("mistral_large4"), shapes, split, steps=4, save_every=2, lr=1e-3, seq_len=1024),
-             resume=True)
+    finetune(
+        options(tiny_models("mistral_large4"), shapes, split, steps=4, save_every=2, lr=1e-3, seq_len=1024), resume=True
+    )
     a = load_file(str(mistral_run / "adapter" / "adapter_model.safetensors"))
     b = load_file(str(split / "adapter" / "adapter_model.safetensors"))
     assert a.keys() == b.keys()
@@ -59,9 +59,9 @@ def test_resume_restores_every_adapter_tensor(mistral_run, tiny_models, shapes, 
 
 
 def test_merge_dequantizes_only_what_training_held_in_4_bit(mistral_run, tiny_models):
-    from vlmsurgeon.freeze import four_bit_modules
-    from vlmsurgeon.inspection import meta_model
-    from vlmsurgeon.trained import load_trained
+    from vlmsurgeon.model.inspection import meta_model
+    from vlmsurgeon.recipe.freeze import four_bit_modules
+    from vlmsurgeon.ship.trained import load_trained
 
     trained = load_trained(mistral_run, None)
     _, meta = meta_model(str(tiny_models("mistral_large4")))
@@ -76,7 +76,7 @@ def test_4bit_layers_evaluate_then_train_again_at_any_width():
     without gradients: a width not divisible by 32 fails, and a repacked layer cannot train again."""
     import bitsandbytes as bnb
 
-    from vlmsurgeon.freeze import training_numerics
+    from vlmsurgeon.recipe.freeze import training_numerics
 
     layer = bnb.nn.Linear4bit(64, 48, bias=False, compute_dtype=torch.float32, quant_type="nf4")
     layer.weight = bnb.nn.Params4bit(torch.randn(48, 64) * 0.05, requires_grad=False, quant_type="nf4")
@@ -96,12 +96,19 @@ def test_no_third_party_line_on_a_refused_command(tmp_path):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "adapter_config.json").write_text("{}")
     # the order of every command: quiet_libraries first, then the heavy imports, then the refusal
-    probe = ("import sys; from vlmsurgeon.quiet import quiet_libraries; quiet_libraries(); "
-             "import peft, bitsandbytes; from vlmsurgeon.cli import main; "
-             "sys.argv = ['vlmsurgeon', 'merge', sys.argv[1], '-o', sys.argv[2]]; main()")
-    done = subprocess.run([sys.executable, "-c", probe, str(tmp_path / "run"), str(tmp_path / "out")],
-                          capture_output=True, text=True, cwd=ROOT, timeout=300,
-                          env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+    probe = (
+        "import sys; from vlmsurgeon.quiet import quiet_libraries; quiet_libraries(); "
+        "import peft, bitsandbytes; from vlmsurgeon.cli import main; "
+        "sys.argv = ['vlmsurgeon', 'merge', sys.argv[1], '-o', sys.argv[2]]; main()"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe, str(tmp_path / "run"), str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+        env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"},
+    )
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and done.stderr.startswith("vlmsurgeon: error: "), done.stderr
 
@@ -125,11 +132,17 @@ def test_data_check_never_runs_a_repo_processor(native, tiny_models, shapes, tmp
         for file in repo.iterdir():
             if file.name != "processing_evil.py":
                 file.unlink()
-        (repo / "config.json").write_text(json.dumps({
-            "model_type": "evil_vlm", "auto_map": {"AutoProcessor": "processing_evil.EvilProcessor"}}))
-    done = subprocess.run([str(ROOT / ".venv" / "bin" / "vlmsurgeon"), "data", "check", str(shapes), "--model",
-                           str(repo)], input="y\ny\ny\n", capture_output=True, text=True, timeout=300,
-                          env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+        (repo / "config.json").write_text(
+            json.dumps({"model_type": "evil_vlm", "auto_map": {"AutoProcessor": "processing_evil.EvilProcessor"}})
+        )
+    done = subprocess.run(
+        [str(ROOT / ".venv" / "bin" / "vlmsurgeon"), "data", "check", str(shapes), "--model", str(repo)],
+        input="y\ny\ny\n",
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"},
+    )
     assert not marker.exists()
     if native:  # transformers' own processor class is used, the repo's file is never imported
         assert done.returncode == 0 and done.stderr == "", done.stderr
@@ -143,7 +156,10 @@ def test_a_name_too_long_for_the_file_system_is_bad_input(tiny_models, shapes, t
     """Python 3.11's Path.exists() raises on a name over 255 bytes instead of answering False: every
     command that looks at a path the user typed meets it."""
     long = tmp_path / ("x" * 300)
-    for args in (["tiny", "qwen2_vl", "-o", long], ["data", "check", f"{long}.jsonl", "--model", tiny_models("qwen2_vl")]):
+    for args in (
+        ["tiny", "qwen2_vl", "-o", long],
+        ["data", "check", f"{long}.jsonl", "--model", tiny_models("qwen2_vl")],
+    ):
         code, out, err = cli(*args)
         assert code == 2 and out == ""
         assert err.startswith("vlmsurgeon: error: '") and err.count("\n") == 1
@@ -152,12 +168,15 @@ def test_a_name_too_long_for_the_file_system_is_bad_input(tiny_models, shapes, t
 
 def test_budget_junit_path_is_checked_before_the_check_runs(tiny_models, tmp_path, cli):
     budget = tmp_path / "b.yaml"
-    budget.write_text(f"models:\n  - model: {tiny_models('qwen2_vl')}\n    freeze: vision\n    limits:\n"
-                      "      total: 1B\n")
+    budget.write_text(
+        f"models:\n  - model: {tiny_models('qwen2_vl')}\n    freeze: vision\n    limits:\n      total: 1B\n"
+    )
     (tmp_path / "afile").write_text("")
     (tmp_path / "folder").mkdir()
-    for junit, why in ((tmp_path / "afile" / "j.xml", f"'{tmp_path / 'afile'}' is a file, not a folder"),
-                       (tmp_path / "folder", "is a folder")):
+    for junit, why in (
+        (tmp_path / "afile" / "j.xml", f"'{tmp_path / 'afile'}' is a file, not a folder"),
+        (tmp_path / "folder", "is a folder"),
+    ):
         code, out, err = cli("budget", "check", budget, "--junit", junit)
         assert (code, out) == (2, "")  # no table before the refusal
         assert err.startswith(f"vlmsurgeon: error: --junit {junit}: {why} (try: ") and err.count("\n") == 1

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from tests.test_finetune import options
-from vlmsurgeon.merge import MergePlan, merge
-from vlmsurgeon.trained import load_trained
-from vlmsurgeon.train import finetune
-from vlmsurgeon.verify import verify
+from vlmsurgeon.ship.merge import MergePlan, merge
+from vlmsurgeon.ship.trained import load_trained
+from vlmsurgeon.ship.verify import verify
+from vlmsurgeon.train.loop import finetune
 
 LORA = "model.layers.0.self_attn.v_proj.weight"  # a LoRA module of tiny qwen2_vl's 4-bit LM, as stored
 
@@ -52,7 +52,7 @@ def test_the_default_bf16_merge_is_ok_tensor_by_tensor(work):
 
 
 def test_a_merge_off_by_1e_3_relative_before_rounding_fails_naming_the_tensor(work, tmp_path, monkeypatch):
-    import vlmsurgeon.merge as merge_module
+    import vlmsurgeon.ship.merge as merge_module
 
     real, calls = merge_module.nf4_roundtrip, []
 
@@ -98,19 +98,19 @@ def test_a_missing_or_recast_tensor_fails(work, tmp_path):
 def test_an_exact_criterion_not_a_tolerance():
     """The bound is fp32 rounding of the recomputation: a value one bf16 ulp away fails even where
     the logits would not notice, and an in-bound value passes."""
-    from vlmsurgeon.verify import compare
+    from vlmsurgeon.ship.verify import compare
 
     reference = torch.tensor([1.0, 0.5, -3.0, 0.0])
     exported = reference.to(torch.bfloat16)
     assert compare("w", exported, reference, torch.zeros(()), "bf16") is None
     nudged = exported.clone()
-    nudged[2] = torch.tensor(-3.0 + 2 ** -6, dtype=torch.bfloat16)  # one bf16 ulp towards zero at 3.0
+    nudged[2] = torch.tensor(-3.0 + 2**-6, dtype=torch.bfloat16)  # one bf16 ulp towards zero at 3.0
     found = compare("w", nudged, reference, torch.zeros(()), "bf16")
-    assert found.values == 1 and found.max_ulps == pytest.approx(1.0) and found.max_abs == 2 ** -6
+    assert found.values == 1 and found.max_ulps == pytest.approx(1.0) and found.max_abs == 2**-6
     # a reference just below a rounding midpoint: either neighbour is a correct rounding within the slack
-    midpoint = torch.tensor([1.0 + 2 ** -8 - 2 ** -20])
-    up = torch.tensor([1.0 + 2 ** -7], dtype=torch.bfloat16)
-    assert compare("w", up, midpoint, torch.tensor([2 ** -19]), "bf16") is None
+    midpoint = torch.tensor([1.0 + 2**-8 - 2**-20])
+    up = torch.tensor([1.0 + 2**-7], dtype=torch.bfloat16)
+    assert compare("w", up, midpoint, torch.tensor([2**-19]), "bf16") is None
     assert compare("w", up, midpoint, torch.zeros(()), "bf16").values == 1
 
 
@@ -118,8 +118,9 @@ def test_a_partial_merge_is_checked_as_partial(work, tmp_path):
     """`merge --only merger`: the LM's LoRA modules stay as the base stores them, and verify
     expects exactly that (the base's tensors there, the merger's trained ones)."""
     merge(work / "run", tmp_path / "export", plan=MergePlan(dtype="bf16", only=["merger"]))
-    verdict = verify(tmp_path / "export", load_trained(work / "run", None), "bf16", "dequantized",
-                     logits=False, only=["merger"])
+    verdict = verify(
+        tmp_path / "export", load_trained(work / "run", None), "bf16", "dequantized", logits=False, only=["merger"]
+    )
     assert verdict.ok and (verdict.lora, verdict.full, verdict.copied) == (0, 6, 52)
     wrong = verify(tmp_path / "export", load_trained(work / "run", None), "bf16", "dequantized", logits=False)
     assert not wrong.ok and wrong.mismatch.tensor.startswith("model.layers.")  # a full merge was expected

@@ -3,8 +3,8 @@ settings the running command offers, so that hints from shared code name only op
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from contextvars import ContextVar, Token
-from typing import Mapping, Optional
 
 
 class VlmSurgeonError(Exception):
@@ -41,7 +41,7 @@ class RuntimeFailure(VlmSurgeonError):
 
 # The running command's settings, each with how its user sets it ("pass --trust-remote-code",
 # or a key of the command's file). None outside the CLI: library callers get the flag's name.
-_SETTINGS: ContextVar[Optional[Mapping[str, str]]] = ContextVar("vlmsurgeon_settings", default=None)
+_SETTINGS: ContextVar[Mapping[str, str] | None] = ContextVar("vlmsurgeon_settings", default=None)
 
 
 def offer_settings(settings: Mapping[str, str]) -> Token:

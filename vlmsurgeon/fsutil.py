@@ -11,8 +11,19 @@ from pathlib import Path
 
 # errnos that say an output path the user gave is wrong (bad input, exit 2), not that the machine
 # failed (a full disk, an I/O error: exit 3)
-PATH_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENOTDIR, errno.EROFS, errno.ENOENT,
-                         errno.ENAMETOOLONG, errno.EEXIST, errno.ENOTEMPTY})
+PATH_ERRNOS = frozenset(
+    {
+        errno.EACCES,
+        errno.EPERM,
+        errno.EISDIR,
+        errno.ENOTDIR,
+        errno.EROFS,
+        errno.ENOENT,
+        errno.ENAMETOOLONG,
+        errno.EEXIST,
+        errno.ENOTEMPTY,
+    }
+)
 
 
 def current_umask() -> int:

@@ -1,0 +1,4 @@
+"""Before a run: what would train and what it costs. The plan, the memory estimate, parameter
+budgets for CI, the gradient probe and its replica, and amounts as people write them.
+
+May import: `recipe/`, `model/` and the leaves; not `data/` (a sibling)."""
