@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 LATEST := .venv-latest
 
-.PHONY: setup test lint sweep demo bench clean lock test-latest
+.PHONY: setup test lint sweep demo demo-dpo bench clean lock test-latest
 
 # the tested set: every package at the version constraints.txt pins
 $(STAMP): pyproject.toml constraints.txt
@@ -49,6 +49,25 @@ demo: $(STAMP)
 	# did training work? exact match on held-out images (demo-out/shapes/eval/), export vs the base
 	$(VENV)/bin/vlmsurgeon eval demo-out/merged --compare demo-out/tiny-qwen2-vl \
 		--data demo-out/shapes/eval.jsonl --max-new-tokens 20
+
+# after `make demo`: DPO on the SFT run's own mistakes, then preference accuracy on held-out images
+demo-dpo: $(STAMP)
+	test -f demo-out/run/vlmsurgeon.json -a -d demo-out/merged || $(MAKE) demo
+	rm -rf demo-out/sft-answers demo-out/sft-answers-eval demo-out/dpo demo-out/dpo-merged
+	# the SFT run's answers on the training and the held-out images; where wrong, they are rejected
+	$(VENV)/bin/vlmsurgeon eval demo-out/run --data demo-out/shapes/train.jsonl -o demo-out/sft-answers \
+		--max-new-tokens 20
+	$(VENV)/bin/vlmsurgeon eval demo-out/run --data demo-out/shapes/eval.jsonl -o demo-out/sft-answers-eval \
+		--max-new-tokens 20
+	$(PY) examples/make_pairs.py demo-out/shapes/train.jsonl demo-out/sft-answers/predictions.jsonl \
+		demo-out/shapes/sft_pairs.jsonl
+	$(PY) examples/make_pairs.py demo-out/shapes/eval.jsonl demo-out/sft-answers-eval/predictions.jsonl \
+		demo-out/shapes/sft_eval_pairs.jsonl
+	$(VENV)/bin/vlmsurgeon finetune --config examples/vlmsurgeon-dpo.yaml --freeze vision
+	$(VENV)/bin/vlmsurgeon merge demo-out/dpo -o demo-out/dpo-merged --verify
+	# does the DPO export prefer the true caption over the SFT model's mistakes on held-out images?
+	$(VENV)/bin/vlmsurgeon eval demo-out/dpo-merged --compare demo-out/merged \
+		--data demo-out/shapes/sft_eval_pairs.jsonl
 
 # the newest versions pyproject.toml allows, in a venv of their own, to find drift early: prints
 # what differs from constraints.txt, then runs the tests

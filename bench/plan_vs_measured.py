@@ -1,7 +1,9 @@
 """`plan`'s memory estimate against the peak that `finetune` reaches, for three architectures at
-their published widths (layer counts reduced): Qwen2-VL-2B, LLaVA-1.5-7B, Gemma 3 4B (issue 16).
+their published widths (layer counts reduced): Qwen2-VL-2B, LLaVA-1.5-7B, Gemma 3 4B (issue 16);
+and a preference step (issue 23): `--objective dpo` prices and measures `finetune --objective dpo`.
 
     python bench/plan_vs_measured.py [--lm-layers 1] [--vision-layers 1] [--seq-len 2048] [--heap live]
+    python bench/plan_vs_measured.py --arch qwen2_vl --objective dpo   # one pair per step
 
 For each: the random checkpoint from bench/memory_bench.py, `vlmsurgeon plan DIR --freeze vision
 --seq-len S --batch-size 1 --image-tokens N --json` (N: what the processor really writes for the
@@ -14,12 +16,20 @@ MALLOC_MMAP_THRESHOLD_=1MiB, so that freed tensors leave RSS at once, as they le
 peak (`--heap glibc`). Loading's own high-water mark is printed, not compared (on a CPU it counts
 the checkpoint's mapped pages). `plan` prices bf16; on a CPU without native bf16 the run is fp32,
 so the estimate is also recomputed with 4-byte halves (memory.HALF = 4) and that figure is the
-one compared (on a GPU: bf16, torch.cuda.max_memory_allocated, as is)."""
+one compared (on a GPU: bf16, torch.cuda.max_memory_allocated, as is).
+
+With `--objective dpo` (or ipo, orpo, simpo) the row becomes a pair: the same prompt and image,
+the SFT row's answer as chosen and a different answer of the same length as rejected (ms-swift's
+`rejected_response`), each side checked to be exactly --seq-len tokens with finetune's own
+collator; `plan ... --objective dpo` against two `finetune --objective dpo` steps (one pair each:
+batch 1 = 2 sequences), measured by memory_bench's own side in a child of this script with the
+objective set on the options it passes to `finetune`."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -43,7 +53,31 @@ def image_tokens(model: Path, data: Path) -> int:
     return Collator(processor, 1 << 20).measure(load_dataset_rows(data).samples[0]).image_tokens
 
 
-def plan_cli(model: Path, seq_len: int, tokens: int) -> dict[str, Any]:
+def pair_data(model: Path, data: Path, seq_len: int) -> Path:
+    """pairs.jsonl beside the SFT row: its answer chosen, another of the same length rejected
+    (the tiny family's byte-level tokenizer: one token per character), both sides checked."""
+    from vlmsurgeon.data.rows import load_dataset_rows
+    from vlmsurgeon.train.loop import load_processor, make_collator
+    from vlmsurgeon.train.preference import pair_conversations
+    from vlmsurgeon.train.runconfig import RunOptions
+
+    path = data.with_name("pairs.jsonl")
+    row = json.loads(data.read_text().splitlines()[0])
+    answer = row["messages"][-1]["content"]
+    rejected = ("a blue circle on a black ground " * (len(answer) // 8 + 1))[: len(answer)]
+    path.write_text(json.dumps({**row, "rejected_response": rejected}) + "\n")
+    opts = RunOptions(model=str(model), seq_len=1 << 20, objective="dpo")
+    collator = make_collator(load_processor(str(model), opts)[0], opts)
+    rows = load_dataset_rows(path, kind="pair")
+    if rows.bad or len(rows.samples) != 1:
+        raise SystemExit(f"pairs: the row was refused: {rows.bad}")
+    got = [collator.measure(side).tokens for side in pair_conversations(rows.samples[0])]
+    if got != [seq_len, seq_len]:
+        raise SystemExit(f"pairs: chosen and rejected have {got} tokens, wanted {seq_len} each")
+    return path
+
+
+def plan_cli(model: Path, seq_len: int, tokens: int, objective: str = "sft") -> dict[str, Any]:
     cmd = [
         str(Path(sys.executable).with_name("vlmsurgeon")),
         "plan",
@@ -56,27 +90,83 @@ def plan_cli(model: Path, seq_len: int, tokens: int) -> dict[str, Any]:
         "1",
         "--image-tokens",
         str(tokens),
+        "--objective",
+        objective,
         "--json",
     ]
     return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)["memory"]
 
 
-def plan_fp32(model: Path, seq_len: int, tokens: int) -> dict[str, Any] | None:
+def plan_fp32(model: Path, seq_len: int, tokens: int, objective: str = "sft") -> dict[str, Any] | None:
     """The same estimate with every 2-byte (bf16) price at 4 bytes: what the formula says for an
     fp32 run. None when memory.py no longer has that constant."""
     import vlmsurgeon.plan.memory as memory
+    from vlmsurgeon.plan.objective import objective as plan_objective
     from vlmsurgeon.plan.plan import PlanSettings, plan_model
 
     if not hasattr(memory, "HALF"):
         return None
     saved, memory.HALF = memory.HALF, 4
     try:
-        result = plan_model(
-            str(model), freeze="vision", settings=PlanSettings(seq_len=seq_len, batch_size=1, image_tokens=tokens)
-        )
+        settings = PlanSettings(seq_len=seq_len, batch_size=1, image_tokens=tokens, objective=plan_objective(objective))
+        result = plan_model(str(model), freeze="vision", settings=settings)
         return result.memory.to_json()
     finally:
         memory.HALF = saved
+
+
+def measure(model: Path, data: Path, side: argparse.Namespace, objective: str) -> dict[str, Any]:
+    """memory_bench's vlmsurgeon side; for a preference objective the same side run as a child of
+    this script (`--side-objective`), which sets the objective on the options given to finetune."""
+    if objective == "sft":
+        return mb.measure("vlmsurgeon", model, data, side)
+    cmd = [
+        sys.executable,
+        __file__,
+        "--side-objective",
+        objective,
+        "--side",
+        "vlmsurgeon",
+        "--model",
+        str(model),
+        "--data",
+        str(data),
+        "--arch",
+        side.arch,
+        "--seq-len",
+        str(side.seq_len),
+        "--steps",
+        str(side.steps),
+        "--warmup",
+        str(side.warmup),
+        "--dtype",
+        side.dtype,
+        "--cache",
+        str(side.cache),
+    ]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    if side.heap == "live":  # as memory_bench.measure: freed tensors leave RSS at once
+        env["MALLOC_MMAP_THRESHOLD_"] = str(1 << 20)
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env=env)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    if proc.returncode or not lines:
+        raise SystemExit(f"{objective} side failed (exit {proc.returncode}):\n{proc.stdout[-2000:]}")
+    return json.loads(lines[-1][7:])
+
+
+def objective_side(objective: str, argv: list[str]) -> None:
+    """memory_bench's vlmsurgeon side with `objective` on the options it gives finetune (the
+    library call it makes is looked up when it runs, so wrapping it here is enough)."""
+    import vlmsurgeon.train.loop as loop
+    from vlmsurgeon.train.runconfig import RunOptions
+
+    plain = loop.finetune
+
+    def finetune(opts: Any, *args: Any, **kwargs: Any) -> Any:
+        return plain(RunOptions.model_validate({**opts.model_dump(), "objective": objective}), *args, **kwargs)
+
+    loop.finetune = finetune
+    mb._side(mb.parse(argv))
 
 
 def mib(n: float) -> str:
@@ -105,10 +195,12 @@ def one(arch: str, args: argparse.Namespace) -> dict[str, Any]:
             args.heap,
         ]
     )
-    measured = mb.measure("vlmsurgeon", model, data, side)
+    if args.objective != "sft":
+        data = pair_data(model, data, args.seq_len)
+    measured = measure(model, data, side, args.objective)
     cuda = "peak_cuda_mib" in measured
-    estimate = plan_cli(model, args.seq_len, tokens)
-    compared = estimate if cuda or args.dtype == "bf16" else plan_fp32(model, args.seq_len, tokens)
+    estimate = plan_cli(model, args.seq_len, tokens, args.objective)
+    compared = estimate if cuda or args.dtype == "bf16" else plan_fp32(model, args.seq_len, tokens, args.objective)
     # the second step's peak: AdamW's states exist from the first step's optimizer step on
     # (without /proc/self/clear_refs no phase is read apart: the process's peak, loading included)
     steps = measured.get("step_phase_peaks_mib") or [{}]
@@ -117,6 +209,8 @@ def one(arch: str, args: argparse.Namespace) -> dict[str, Any]:
     peak_bytes = peak * 2**20
     row = {
         "arch": arch,
+        "objective": args.objective,
+        "load_average": Path("/proc/loadavg").read_text().split()[:3],
         "lm_layers": args.lm_layers,
         "vision_layers": vision,
         "image_tokens": tokens,
@@ -133,8 +227,8 @@ def one(arch: str, args: argparse.Namespace) -> dict[str, Any]:
 def report(row: dict[str, Any]) -> None:
     est, m = row["plan_compared"], row["measured"]
     print(
-        f"\n{row['arch']}: LM {row['lm_layers']} layers, vision {row['vision_layers']}, "
-        f"{row['image_tokens']} image tokens"
+        f"\n{row['arch']} ({row['objective']}): LM {row['lm_layers']} layers, vision {row['vision_layers']}, "
+        f"{row['image_tokens']} image tokens; load average at the end {' '.join(row['load_average'])}"
     )
     print(f"  plan (bf16, as the CLI prints) total {mib(row['plan_bf16']['total'])} MiB")
     if est is None:
@@ -142,7 +236,17 @@ def report(row: dict[str, Any]) -> None:
         return
     parts = ", ".join(
         f"{k} {mib(est[k])}"
-        for k in ("weights", "adapters", "gradients", "optimizer", "activations", "logits", "backward")
+        for k in (
+            "weights",
+            "adapters",
+            "gradients",
+            "optimizer",
+            "reference_copies",
+            "activations",
+            "logits",
+            "backward",
+            "no_grad_forward",
+        )
         if k in est
     )
     print(f"  plan as run: {parts}; total {mib(est['total'])} MiB")
@@ -169,9 +273,19 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=Path("/tmp/vlms-bench"))
     parser.add_argument("--heap", choices=("live", "glibc"), default="live", help="see memory_bench.py --heap")
     parser.add_argument("--json", type=Path, help="also write the rows here")
+    parser.add_argument(
+        "--objective",
+        choices=("sft", "dpo", "ipo", "orpo", "simpo"),
+        default="sft",
+        help="a preference step: one pair (2 sequences of --seq-len) per step",
+    )
     args = parser.parse_args()
     args.dtype, why = mb.resolve_dtype(args.dtype)
-    print(f"dtype {args.dtype} ({why}); seq {args.seq_len}, batch 1, --freeze vision, 1 step each")
+    print(
+        f"dtype {args.dtype} ({why}); seq {args.seq_len}, batch 1, --freeze vision, objective {args.objective}, "
+        f"2 steps each; load average {' '.join(Path('/proc/loadavg').read_text().split()[:3])}",
+        flush=True,
+    )
     rows = []
     for arch in args.arch or ARCHS:
         rows.append(one(arch, args))
@@ -182,4 +296,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["--side-objective"]:
+        objective_side(sys.argv[2], sys.argv[3:])
+    else:
+        main()

@@ -6,7 +6,11 @@ OUT_DIR gets img/*.png and train.jsonl (one row per image, messages format by de
 LLaVA `conversations` format with --format conversations), and a held-out split, eval.jsonl with
 its images in eval/*.png: the same colours, shapes and captions, drawn in images the training
 never saw (a lighter or darker shade, an off-white background, the shape moved a few pixels), for
-`vlmsurgeon eval --compare`. Deterministic; no downloads."""
+`vlmsurgeon eval --compare`. Beside each, preference pairs in TRL's conversational format
+(pairs.jsonl, eval_pairs.jsonl: prompt / chosen / rejected / images): the true caption chosen, the
+same colour with the next shape rejected, for `finetune --objective dpo`; and the same answers
+unpaired with a good/bad label (kto.jsonl: TRL's prompt / completion / label) for `--objective kto`.
+Deterministic; no downloads."""
 
 from __future__ import annotations
 
@@ -60,6 +64,22 @@ def row(name: str, answer: str, fmt: str) -> dict:
     }
 
 
+def pair(name: str, colour: str, shape: str) -> dict:
+    """TRL's conversational preference row (explicit prompt): only the shape tells them apart."""
+    wrong = SHAPES[(SHAPES.index(shape) + 1) % len(SHAPES)]
+
+    def said(text: str) -> list[dict]:
+        return [{"role": "assistant", "content": [{"type": "text", "text": text}]}]
+
+    prompt = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": PROMPT}]}]
+    return {
+        "prompt": prompt,
+        "chosen": said(f"A {colour} {shape}."),
+        "rejected": said(f"A {colour} {wrong}."),
+        "images": [name],
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path)
@@ -67,23 +87,33 @@ def main() -> None:
     args = parser.parse_args()
     (args.out / "img").mkdir(parents=True, exist_ok=True)
     (args.out / "eval").mkdir(parents=True, exist_ok=True)
-    rows, held_out = [], []
+    rows, held_out, pairs, held_out_pairs = [], [], [], []
     for c, (colour, rgb) in enumerate(COLOURS.items()):
         for s, shape in enumerate(SHAPES):
             answer = f"A {colour} {shape}."
             name = f"img/{colour}_{shape}.png"
             draw(shape, rgb).save(args.out / name)
             rows.append(row(name, answer, args.format))
+            pairs.append(pair(name, colour, shape))
             shift, background, dx, dy = HELD_OUT[(c + s) % len(HELD_OUT)]
             name = f"eval/{colour}_{shape}.png"
             draw(shape, tuple(min(255, max(0, v + shift)) for v in rgb), background=background, dx=dx, dy=dy).save(
                 args.out / name
             )
             held_out.append(row(name, answer, args.format))
+            held_out_pairs.append(pair(name, colour, shape))
     (args.out / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (args.out / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in held_out))
-    print(args.out / "train.jsonl")
-    print(args.out / "eval.jsonl")
+    (args.out / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in pairs))
+    (args.out / "eval_pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in held_out_pairs))
+    labelled = [
+        {"prompt": p["prompt"], "completion": p[side], "label": side == "chosen", "images": p["images"]}
+        for p in pairs
+        for side in ("chosen", "rejected")
+    ]
+    (args.out / "kto.jsonl").write_text("".join(json.dumps(r) + "\n" for r in labelled))
+    for name in ("train.jsonl", "eval.jsonl", "pairs.jsonl", "eval_pairs.jsonl", "kto.jsonl"):
+        print(args.out / name)
 
 
 if __name__ == "__main__":

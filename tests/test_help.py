@@ -121,6 +121,7 @@ FROM_RUN_OPTIONS = {
         "--batch-size": "batch_size",
         "--image-tokens": "image_tokens",
         "--quantize": "quantize",
+        "--objective": "objective",
     },
     "finetune": {
         "--epochs": "epochs",
@@ -132,6 +133,7 @@ FROM_RUN_OPTIONS = {
         "--quantize": "quantize",
         "--dtype": "dtype",
         "--report-to": "report_to",
+        "--objective": "objective",
     },
 }
 

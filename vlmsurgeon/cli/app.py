@@ -16,7 +16,9 @@ import typer
 from vlmsurgeon import __version__
 from vlmsurgeon.errors import VlmSurgeonError, offer_settings, withdraw_settings
 
+from .options import OBJECTIVE, REVISION_HELP, _default
 from .ship import register as _register_ship
+from .train import register as _register_train
 from .use import TRUST_HELP
 from .use import quiet_libraries as _quiet_libraries
 from .use import register as _register_try
@@ -44,12 +46,6 @@ class _Group(typer.core.TyperGroup):
         return command
 
 
-def _default(value: object) -> str:
-    """A default that lives in RunOptions (the flag itself is None so that --config can set it),
-    written as typer writes its own; the bracket is escaped, rich would read it as markup."""
-    return f" \\[default: {value}]"
-
-
 app = typer.Typer(
     cls=_Group,
     add_completion=False,
@@ -64,19 +60,6 @@ budget_app = typer.Typer(cls=_Group, no_args_is_help=True, help="Parameter budge
 app.add_typer(budget_app, name="budget")
 data_app = typer.Typer(cls=_Group, no_args_is_help=True, help="Training data: validation and token statistics.")
 app.add_typer(data_app, name="data")
-
-
-REVISION_HELP = "Hub revision: a branch, tag or commit."
-
-# How rows' media are found and sized: the same options for `finetune` and `data check`.
-MEDIA = {
-    "image_root": typer.Option(None, "--image-root", help="Folder that relative media paths start from."),
-    "max_pixels": typer.Option(None, "--max-pixels", help="Pixel budget per image (Qwen-style processors)."),
-    "min_pixels": typer.Option(None, "--min-pixels", help="Smallest pixel count per image (Qwen-style)."),
-    "image_size": typer.Option(None, "--image-size", help="Resize images to this side (fixed-size processors)."),
-    "video_frames": typer.Option(None, "--video-frames", help="Most frames sampled from a video."),
-    "video_fps": typer.Option(None, "--video-fps", help="Frames per second sampled from a video."),
-}
 
 
 def _version(value: bool) -> None:
@@ -148,6 +131,11 @@ def plan(
     no_chunked: bool = typer.Option(
         False, "--no-chunked-loss", help="Price the full logits, as finetune --no-chunked-loss holds them."
     ),
+    objective: str | None = OBJECTIVE["objective"],
+    beta: float | None = OBJECTIVE["beta"],
+    simpo_gamma: float | None = OBJECTIVE["simpo_gamma"],
+    desirable_weight: float | None = OBJECTIVE["desirable_weight"],
+    undesirable_weight: float | None = OBJECTIVE["undesirable_weight"],
     config: Path | None = typer.Option(None, "--config", "-c", help="RUN.yaml with any of these options."),
     as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON only."),
     probe: bool = typer.Option(
@@ -173,7 +161,9 @@ def plan(
     _quiet_libraries()
     from vlmsurgeon.errors import BadInput, CheckFailed
     from vlmsurgeon.plan.memory import scale_request
+    from vlmsurgeon.plan.objective import objective as plan_objective
     from vlmsurgeon.plan.plan import PlanSettings, plan_model
+    from vlmsurgeon.train.preference import resolved_knobs
     from vlmsurgeon.train.runconfig import merge_options
 
     from .render import print_json, print_plan
@@ -190,6 +180,11 @@ def plan(
         gradient_checkpointing=False if no_ckpt else None,
         quantize=quantize,
         chunked_loss=False if no_chunked else None,
+        objective=objective,
+        beta=beta,
+        simpo_gamma=simpo_gamma,
+        desirable_weight=desirable_weight,
+        undesirable_weight=undesirable_weight,
     )
     scale = scale_request(gpus, strategy, gpu_memory)
     probe = probe or opts.probe
@@ -206,6 +201,7 @@ def plan(
         opts.gradient_checkpointing,
         max_pixels=from_pixels,
         chunked_loss=opts.chunked_loss,
+        objective=plan_objective(opts.objective, resolved_knobs(opts)),  # the knobs finetune would use
     )
     result = plan_model(
         opts.require_model(),
@@ -229,181 +225,8 @@ def plan(
         )
 
 
-@app.command()
-def finetune(
-    model: str | None = typer.Argument(None, help="Local model directory (or set model: in the config)."),
-    data: str | None = typer.Option(None, "--data", help="JSONL (messages / conversations) or a datasets dir."),
-    out: str | None = typer.Option(None, "--out", "-o", help="Run directory."),
-    preset: str | None = typer.Option(None, "--preset", "-p", help="Built-in name or YAML file."),
-    freeze: str | None = typer.Option(None, "--freeze", help="Components to freeze, e.g. vision."),
-    config: Path | None = typer.Option(None, "--config", "-c", help="RUN.yaml with any of these options."),
-    steps: int | None = typer.Option(None, "--steps", help="Optimizer steps (overrides --epochs)."),
-    epochs: float | None = typer.Option(None, "--epochs", help="Passes over the data." + _default(1)),
-    lr: float | None = typer.Option(None, "--lr", help="Learning rate where the preset sets none." + _default("2e-4")),
-    batch_size: int | None = typer.Option(None, "--batch-size", help="Samples per device and step." + _default(1)),
-    grad_accum: int | None = typer.Option(None, "--grad-accum", help="Gradient accumulation steps." + _default(1)),
-    seq_len: int | None = typer.Option(None, "--seq-len", help="Max tokens per sample." + _default(2048)),
-    seed: int | None = typer.Option(None, "--seed", help="Random seed." + _default(0)),
-    eval_data: str | None = typer.Option(None, "--eval-data", help="Evaluation data, evaluated each epoch."),
-    save_every: int | None = typer.Option(None, "--save-every", help="Checkpoint every N steps."),
-    quantize: str | None = typer.Option(None, "--quantize", help="4bit (NF4) or none (plain LoRA)." + _default("4bit")),
-    dtype: str | None = typer.Option(
-        None, "--dtype", help="auto (bf16 on GPU, fp32 on CPU), bf16 or fp32." + _default("auto")
-    ),
-    no_ckpt: bool = typer.Option(False, "--no-gradient-checkpointing", help="Turn gradient checkpointing off."),
-    no_chunked_loss: bool = typer.Option(
-        False,
-        "--no-chunked-loss",
-        help="Compute the loss from the full batch × seq × vocab logits "
-        "(without it: a few rows at a time, recomputed in backward).",
-    ),
-    offload_activations: bool = typer.Option(
-        False, "--offload-activations", help="GPU only: keep checkpointed layer inputs in pinned CPU memory."
-    ),
-    skip_bad_rows: bool = typer.Option(False, "--skip-bad-rows", help="Train without the rows that fail validation."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from the newest complete checkpoint."),
-    resume_changed: str | None = typer.Option(
-        None,
-        "--resume-changed",
-        help="With --resume: inputs you mean to change, e.g. lr,data (else a "
-        "changed input stops the resume); recorded in vlmsurgeon.json.",
-    ),
-    strict_grads: bool = typer.Option(
-        False,
-        "--strict-grads",
-        help="Stop (exit 1) before the first optimizer step if a trainable "
-        "parameter got no gradient, instead of warning.",
-    ),
-    report_to: str | None = typer.Option(
-        None, "--report-to", help="tensorboard, wandb or none (the Trainer's own integrations)." + _default("none")
-    ),
-    eval_generate: int | None = typer.Option(
-        None,
-        "--eval-generate",
-        help="At each evaluation, generate for N --eval-data rows and log exact match, F1, ROUGE-L.",
-    ),
-    image_root: str | None = MEDIA["image_root"],
-    max_pixels: int | None = MEDIA["max_pixels"],
-    min_pixels: int | None = MEDIA["min_pixels"],
-    image_size: int | None = MEDIA["image_size"],
-    video_frames: int | None = MEDIA["video_frames"],
-    video_fps: float | None = MEDIA["video_fps"],
-    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help=TRUST_HELP),
-) -> None:
-    """QLoRA fine-tuning: 4-bit NF4 base, LoRA and full components from the preset, checkpoints, resume."""
-    import time
-
-    started = time.monotonic()  # the whole command: checks, data pre-pass, loading, training
-    _quiet_libraries()
-    from vlmsurgeon.train.loop import finetune as run
-    from vlmsurgeon.train.runconfig import merge_options
-
-    opts = merge_options(
-        config,
-        model=model,
-        data=data,
-        output=out,
-        preset=preset,
-        freeze=freeze,
-        steps=steps,
-        epochs=epochs,
-        lr=lr,
-        batch_size=batch_size,
-        grad_accum=grad_accum,
-        seq_len=seq_len,
-        seed=seed,
-        eval_data=eval_data,
-        save_every=save_every,
-        quantize=quantize,
-        dtype=dtype,
-        skip_bad_rows=skip_bad_rows or None,
-        gradient_checkpointing=False if no_ckpt else None,
-        chunked_loss=False if no_chunked_loss else None,
-        offload_activations=offload_activations or None,
-        strict_grads=strict_grads or None,
-        image_root=image_root,
-        max_pixels=max_pixels,
-        min_pixels=min_pixels,
-        image_size=image_size,
-        video_frames=video_frames,
-        video_fps=video_fps,
-        report_to=report_to,
-        eval_generate=eval_generate,
-    )
-    result = run(opts, resume=resume, resume_changed=resume_changed, trust_remote_code=trust_remote_code)
-    if not result.main_process:
-        return
-    loss = f", final loss {result.final_loss:.4f}" if result.final_loss is not None else ""
-    skipped = f", skipped {result.skipped_rows} bad row(s)" if result.skipped_rows else ""
-    print(f"{result.run_dir}: {result.global_step} steps{loss}{skipped}")
-    from vlmsurgeon.train.telemetry import done_line, say
-
-    say(done_line(time.monotonic() - started, result.run_dir))
-
-
+_register_train(app, data_app)  # finetune, data check
 _register_ship(app)  # merge, diff, tiny
-
-
-@data_app.command("check")
-def data_check(
-    data: str = typer.Argument(..., help="Data file, datasets folder, or dataset_info.json[:NAME]."),
-    model: str = typer.Option(..., "--model", "-m", help="The model whose processor and template to use."),
-    seq_len: int = typer.Option(2048, "--seq-len", help="Max tokens per sample."),
-    image_root: str | None = MEDIA["image_root"],
-    max_pixels: int | None = MEDIA["max_pixels"],
-    min_pixels: int | None = MEDIA["min_pixels"],
-    image_size: int | None = MEDIA["image_size"],
-    video_frames: int | None = MEDIA["video_frames"],
-    video_fps: float | None = MEDIA["video_fps"],
-    as_json: bool = typer.Option(False, "--json", help="Print the report as one JSON object."),
-) -> None:
-    """What finetune's validation finds, without training: rows per format, media, token lengths, bad rows."""
-    _quiet_libraries()
-    from pydantic import ValidationError
-
-    from vlmsurgeon.data.check import check_rows
-    from vlmsurgeon.data.rows import load_dataset_rows
-    from vlmsurgeon.errors import BadInput
-    from vlmsurgeon.model.sources import load_source, resolve
-    from vlmsurgeon.train.loop import load_processor, make_collator
-    from vlmsurgeon.train.runconfig import RunOptions
-
-    from .render import print_data_report, print_json
-
-    try:
-        opts = RunOptions(
-            model=model,
-            seq_len=seq_len,
-            image_root=image_root,
-            max_pixels=max_pixels,
-            min_pixels=min_pixels,
-            image_size=image_size,
-            video_frames=video_frames,
-            video_fps=video_fps,
-        )
-    except ValidationError as exc:
-        raise BadInput(
-            "data check: "
-            + "; ".join(f"--{'.'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}" for e in exc.errors()),
-            "see vlmsurgeon data check --help",
-        ) from exc
-    rows = load_dataset_rows(data, image_root=image_root)
-    load_source(resolve(model))  # a missing or uncached model is named here, not by the processor loader
-    processor, pixels = load_processor(model, opts)
-    report, _ = check_rows(rows, make_collator(processor, opts))
-    report.processor = pixels
-    if as_json:
-        print_json(report.to_json())
-    else:
-        print_data_report(report)
-    if report.skipped:  # like a budget violation: the report is out, the check failed
-        from vlmsurgeon.errors import CheckFailed
-
-        first = sorted([*report.over_limit, *report.bad], key=lambda b: b.line)[0]
-        raise CheckFailed(
-            f"data check: {report.skipped} row(s) of {report.skipped + report.rows} would not train, first: {first}",
-            "fix those rows, or finetune with --skip-bad-rows",
-        )
 
 
 @budget_app.command("check")

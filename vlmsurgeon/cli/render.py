@@ -265,10 +265,12 @@ def plan_table(result: Any) -> Table:
 
 def memory_table(result: Any) -> Table:
     m, s = result.memory, result.settings
+    objective = s.objective
+    batch = f"batch {s.batch_size}"
+    if objective.paired:  # the policy runs chosen and rejected: 2 sequences a pair
+        batch = f"batch {s.batch_size} pair(s) = {objective.sequences(s.batch_size)} sequences"
     table = Table(
-        title=(
-            f"training memory estimate · batch {s.batch_size} × seq {s.seq_len}, {s.image_tokens} image tokens/sample"
-        ),
+        title=f"training memory estimate · {batch} × seq {s.seq_len}, {s.image_tokens} image tokens/sample",
         title_justify="left",
     )
     table.add_column("part")
@@ -282,9 +284,13 @@ def memory_table(result: Any) -> Table:
         ("logits + their gradient (fp32) ¹", m.logits),
         ("one layer's backward (recompute + gradients) ¹", m.backward),
     ]
+    if objective.reference:
+        rows.insert(4, ("reference: frozen copies of full parts", m.reference_copies))
+        rows.append(("reference forward, no graph (before the policy's) ²", m.no_grad_forward))
     for label, value in rows:
         table.add_row(label, human(value, "B"))
-    table.add_row("[bold]total, checkpointing on[/bold] (¹: the larger counts)", f"[bold]{human(m.total, 'B')}[/bold]")
+    larger = "¹: the larger counts" + ("; ² if above inputs + ¹" if objective.reference else "")
+    table.add_row(f"[bold]total, checkpointing on[/bold] ({larger})", f"[bold]{human(m.total, 'B')}[/bold]")
     table.add_row("activations kept (checkpointing off)", human(m.activations_no_ckpt, "B"))
     table.add_row("one layer's backward (no recompute) ¹", human(m.backward_no_ckpt, "B"))
     table.add_row("[bold]total, checkpointing off[/bold]", f"[bold]{human(m.total_no_ckpt, 'B')}[/bold]")
@@ -294,6 +300,9 @@ def memory_table(result: Any) -> Table:
 def print_plan(result: Any, console: Console | None = None) -> None:
     console = console or make_console()
     console.print(plan_table(result))
+    objective = result.settings.objective
+    if objective.name != "sft":
+        console.print(f"objective: {escape(objective.describe(result.settings.batch_size))}")
     console.print(memory_table(result))
     if result.scale_out is not None:
         console.print(f"scale-out: {escape(result.scale_out.describe())}")
@@ -444,6 +453,19 @@ def print_data_report(report: Any, console: Console | None = None) -> None:
     for kind, stats in report.stats().items():
         table.add_row(kind, *(f"{stats[k]:,}" for k in ("p50", "p95", "max")))
     console.print(table)
+    preference = report.preference()
+    if preference is not None:
+        if preference["kind"] == "pair":
+            said = f"{preference['pairs']} pair(s); identical chosen and rejected (refused): {preference['identical']}"
+        else:
+            said = f"labels: {preference['desirable']} desirable, {preference['undesirable']} undesirable"
+        console.print(said)
+        parts = Table(title="tokens per side", title_justify="left")
+        for column in ("", "p50", "p95", "max"):
+            parts.add_column(column, justify="right" if column else "left")
+        for part, stats in preference["tokens"].items():
+            parts.add_row(part, *(f"{stats[k]:,}" for k in ("p50", "p95", "max")))
+        console.print(parts)
     console.print(f"truncated: {report.truncated} · over the limit: {len(report.over_limit)} · bad: {len(report.bad)}")
     for row in [*report.over_limit, *report.bad][:20]:
         console.print(f"  {escape(str(row))}", soft_wrap=True)
@@ -451,6 +473,32 @@ def print_data_report(report: Any, console: Console | None = None) -> None:
         console.print(f"  … and {report.skipped - 20} more")
     for note in report.notes:
         console.print(f"note: {escape(note)}", soft_wrap=True)
+
+
+def print_pair_eval(result: Any, console: Console | None = None) -> None:
+    """`eval` on preference pairs: per model, how often the chosen answer is the likelier and the
+    mean log-prob margin; with --compare, the delta and the implicit reward accuracy."""
+    console = console or make_console()
+    table = Table(
+        title=f"{escape(result.data)}: {len(result.rows)} pair(s), {len(result.skipped)} skipped", title_justify="left"
+    )
+    table.add_column("model")
+    table.add_column("preference accuracy", justify="right")
+    table.add_column("mean margin (log-prob)", justify="right")
+    totals, delta = result.totals(), result.delta()
+    for model in result.models:
+        figures = totals[model.name]
+        table.add_row(escape(f"{model.name}: {model.source}"), f"{figures['accuracy']:.3f}", f"{figures['margin']:.3f}")
+    if delta is not None:
+        table.add_row(
+            "[bold]delta (model − compare)[/bold]",
+            f"[bold]{delta['accuracy']:+.3f}[/bold]",
+            f"[bold]{delta['margin']:+.3f}[/bold]",
+        )
+    console.print(table)
+    reward = result.reward_accuracy()
+    if reward is not None:
+        console.print(f"implicit reward accuracy (model, with compare as its reference): {reward:.3f}")
 
 
 def print_eval(result: Any, report: Any = None, console: Console | None = None) -> None:

@@ -135,13 +135,23 @@ def eval_(
     as_json: bool = typer.Option(False, "--json", help="Print totals and per-row results as one JSON object."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help=TRUST_HELP),
 ) -> None:
-    """Generation metrics (exact match, token F1, ROUGE-L) on a dataset; with --compare, before/after."""
+    """Generation metrics (exact match, token F1, ROUGE-L) on a dataset; on preference pairs, preference
+    accuracy and margin from log-probs; with --compare, before/after."""
     quiet_libraries()
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # a loading bar per model is noise here
     from vlmsurgeon.use.evaluate import evaluate
+    from vlmsurgeon.use.preference import evaluate_pairs, read_pairs
 
-    from .render import make_console, print_eval, print_json
+    from .render import make_console, print_eval, print_json, print_pair_eval
 
+    pairs = read_pairs(data, image_root=image_root)
+    if pairs is not None and out is not None:
+        from vlmsurgeon.errors import BadInput
+
+        raise BadInput(
+            "eval -o: the report folder holds generated answers; preference pairs are scored by log-probs",
+            "drop -o and pass --json for every pair's log-probs",
+        )
     if out is not None:
         from vlmsurgeon.use.eval_report import check_target
 
@@ -151,6 +161,22 @@ def eval_(
     def on_row(name: str, done: int, total: int) -> None:
         if done == total or done % 10 == 0:
             progress.print(f"eval: {name}: {done}/{total} row(s)")
+
+    if pairs is not None:
+        progress.print(f"eval: {len(pairs.samples)} preference pair(s): scored by log-probs, nothing generated")
+        scored = evaluate_pairs(
+            source,
+            pairs,
+            compare=compare,
+            base=base,
+            limit=limit,
+            trust_remote_code=trust_remote_code,
+            on_row=on_row,
+        )
+        print_json(scored.to_json()) if as_json else print_pair_eval(scored)
+        for row in scored.skipped:
+            print(f"vlmsurgeon: warning: eval: skipped {row}", file=sys.stderr)
+        return
 
     result = evaluate(
         source,

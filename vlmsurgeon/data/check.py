@@ -1,7 +1,9 @@
 """`data check` and finetune's pre-pass: every row through the model's own processor before any
 weight is loaded. A row whose image/video tokens do not fit `--seq-len`, or whose labels would
 all be cut, is a bad row found here (with its row, token count and the limit); rows cut only in
-text after their media are counted as truncated."""
+text after their media are counted as truncated. A preference pair is measured twice, its chosen
+and its rejected conversation; a pair or KTO row is never cut: an answer scored in part is not
+the answer that was judged, so a side past the limit is a bad row, naming the side."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from typing import Any
 from vlmsurgeon.errors import BadInput
 
 from .collate import pixel_budgeted_part, size_of
+from .preference import PAIR, SAME_ANSWER, SFT, pair_conversations
 from .rows import BadRow, Dataset, Sample
 
 
@@ -33,6 +36,16 @@ class DataReport:
     notes: list[str] = field(default_factory=list)
     processor: dict[str, Any] = field(default_factory=dict)
     video_sampling: dict[str, Any] = field(default_factory=dict)  # fps, max_frames, frame_pixels
+    # Preference data only (row_kind pair or label). For a pair, `tokens` above are its longer
+    # side's, what --seq-len must hold; these are the parts: prompt (up to the first trained
+    # token, media included), chosen and rejected (from there to the end of that side), or for
+    # KTO prompt and completion.
+    row_kind: str = SFT
+    pairs: int = 0  # usable pairs
+    identical: int = 0  # rows refused because chosen and rejected are the same answer
+    desirable: int = 0  # KTO rows labelled true
+    undesirable: int = 0  # KTO rows labelled false
+    preference_tokens: dict[str, list[int]] = field(default_factory=dict)
 
     @property
     def skipped(self) -> int:
@@ -40,6 +53,22 @@ class DataReport:
 
     def stats(self) -> dict[str, dict[str, int]]:
         return {kind: _percentiles(values) for kind, values in self.tokens.items()}
+
+    def preference_stats(self) -> dict[str, dict[str, int]]:
+        return {part: _percentiles(values) for part, values in self.preference_tokens.items()}
+
+    def preference(self) -> dict[str, Any] | None:
+        """The preference figures as `to_json` and `record` give them (None for SFT data)."""
+        if self.row_kind == SFT:
+            return None
+        if self.row_kind == PAIR:
+            return {"kind": PAIR, "pairs": self.pairs, "identical": self.identical, "tokens": self.preference_stats()}
+        return {
+            "kind": self.row_kind,
+            "desirable": self.desirable,
+            "undesirable": self.undesirable,
+            "tokens": self.preference_stats(),
+        }
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -57,7 +86,7 @@ class DataReport:
             "tokens": self.stats(),
             "notes": self.notes,
             "processor": self.processor,
-        }
+        } | ({"preference": self.preference()} if self.row_kind != SFT else {})
 
     def record(self) -> dict[str, Any]:
         """What vlmsurgeon.json keeps under `data` (besides path and hash)."""
@@ -73,6 +102,8 @@ class DataReport:
         }
         if self.videos:
             kept["video_sampling"] = self.video_sampling
+        if self.row_kind != SFT:
+            kept["preference"] = self.preference()
         return kept
 
 
@@ -200,6 +231,61 @@ def _with_max_pixels(processor: Any, pixels: int) -> Any:
     return clone
 
 
+def _sides(sample: Sample, row_kind: str) -> list[tuple[str, Sample]]:
+    """The conversations a row trains as: itself (SFT: unnamed; KTO: its completion), or a pair's
+    chosen and rejected conversation (the prompt and media shared, the final answer swapped)."""
+    if row_kind == SFT:
+        return [("", sample)]
+    if row_kind != PAIR:
+        return [("completion", sample)]
+    assert sample.rejected is not None  # every pair has one (load_dataset_rows)
+    chosen, rejected = pair_conversations(sample)
+    return [("chosen", chosen), ("rejected", rejected)]
+
+
+def _cut_problem(stats: Any, seq_len: int, side: str) -> str:
+    what = side if side == "completion" else f"{side} answer"
+    return (
+        f"{stats.tokens} tokens, {stats.tokens - seq_len} past --seq-len {seq_len}: the {what} would be cut, "
+        "and a preference answer is scored whole (raise --seq-len, or shorten the answer)"
+    )
+
+
+def _measure(
+    sample: Sample, collator: Any, seq_len: int, report: DataReport
+) -> tuple[list[Any] | None, BadRow | None, bool]:
+    """Each side's RowStats, or the row's problem: (stats, None, _) or (None, problem, over_limit).
+    A side's problem is today's row rule (media past the limit, every label cut, media dropped),
+    and for preference rows any cut at all; its reason begins with the side's name."""
+    row_kind = report.row_kind
+    measured = []
+    for side, conversation in _sides(sample, row_kind):
+        named = f"{side}: " if side else ""
+        try:
+            stats = collator.measure(conversation)
+        except BadInput:
+            raise
+        except Exception as exc:  # the processor refused this row's content
+            first = str(exc).splitlines()[0][:160] if str(exc) else ""
+            reason = f"{named}the processor refused it ({type(exc).__name__}: {first})"
+            return None, BadRow(sample.line, reason, sample.unit), False
+        dropped = _media_problem(conversation, stats, collator)
+        problem = dropped or _limit_problem(stats, seq_len)
+        if problem is None and row_kind != SFT and stats.tokens > seq_len:
+            problem = _cut_problem(stats, seq_len, side)
+        if problem and not dropped and stats.video_tokens:
+            figured = sum("; it would be" in b.reason for b in report.over_limit) < FIGURED
+            problem += (
+                _video_fixes(conversation, stats, collator)
+                if figured
+                else "; lower --video-fps, --video-frames or --max-pixels, or raise --seq-len"
+            )
+        if problem:
+            return None, BadRow(sample.line, named + problem, sample.unit), True
+        measured.append(stats)
+    return measured, None, False
+
+
 def check_rows(data: Dataset, collator: Any) -> tuple[DataReport, list[Sample]]:
     """Measure every row; returns the report and the rows that train. A source without a single
     row is bad input: a check that passes on nothing would let a CI gate pass on nothing."""
@@ -207,9 +293,21 @@ def check_rows(data: Dataset, collator: Any) -> tuple[DataReport, list[Sample]]:
         raise BadInput(f"data '{data.path}': no rows", "check the file's format (see docs/data.md)")
     seq_len = collator.seq_len
     report = DataReport(
-        str(data.path), data.kind, 0, 0, 0, dict(data.formats), seq_len, bad=list(data.bad), notes=data.messages()
+        str(data.path),
+        data.kind,
+        0,
+        0,
+        0,
+        dict(data.formats),
+        seq_len,
+        bad=list(data.bad),
+        notes=data.messages(),
+        row_kind=data.row_kind,
     )
     tokens: dict[str, list[int]] = {"text": [], "image": [], "video": [], "total": []}
+    parts: dict[str, list[int]] = (
+        {"prompt": [], "chosen": [], "rejected": []} if data.row_kind == PAIR else {"prompt": [], "completion": []}
+    )
     usable = []
     takes_video = getattr(collator.processor, "video_processor", None) is not None
     for sample in data.samples:
@@ -222,42 +320,39 @@ def check_rows(data: Dataset, collator: Any) -> tuple[DataReport, list[Sample]]:
                 )
             )
             continue
-        try:
-            stats = collator.measure(sample)
-        except BadInput:
-            raise
-        except Exception as exc:  # the processor refused this row's content
-            first = str(exc).splitlines()[0][:160] if str(exc) else ""
-            report.bad.append(
-                BadRow(sample.line, f"the processor refused it ({type(exc).__name__}: {first})", sample.unit)
-            )
+        measured, problem, over_limit = _measure(sample, collator, seq_len, report)
+        if problem is not None:
+            (report.over_limit if over_limit else report.bad).append(problem)
             continue
-        dropped = _media_problem(sample, stats, collator)
-        problem = dropped or _limit_problem(stats, seq_len)
-        if problem and not dropped and stats.video_tokens:
-            figured = sum("; it would be" in b.reason for b in report.over_limit) < FIGURED
-            problem += (
-                _video_fixes(sample, stats, collator)
-                if figured
-                else "; lower --video-fps, --video-frames or --max-pixels, or raise --seq-len"
-            )
-        if problem:
-            report.over_limit.append(BadRow(sample.line, problem, sample.unit))
-            continue
+        assert measured is not None
         usable.append(sample)
-        report.truncated += stats.tokens > seq_len
+        longest = max(measured, key=lambda s: s.tokens)  # a pair: what --seq-len must hold
+        report.truncated += longest.tokens > seq_len
         for kind, value in (
-            ("text", stats.text_tokens),
-            ("image", stats.image_tokens),
-            ("video", stats.video_tokens),
-            ("total", stats.tokens),
+            ("text", longest.text_tokens),
+            ("image", longest.image_tokens),
+            ("video", longest.video_tokens),
+            ("total", longest.tokens),
         ):
             tokens[kind].append(value)
+        if data.row_kind != SFT:
+            # the prompt ends where the first trained token (the final answer) starts, on both sides
+            parts["prompt"].append(measured[0].first_label)
+            for part, stats in zip(list(parts)[1:], measured, strict=True):
+                parts[part].append(stats.tokens - stats.first_label)
     report.tokens = tokens
     report.rows = len(usable)
     report.formats = dict(Counter(s.format for s in usable))
     report.images = sum(len(s.images) for s in usable)
     report.videos = sum(len(s.videos) for s in usable)
+    if data.row_kind != SFT:
+        report.preference_tokens = parts
+        report.identical = sum(b.reason == SAME_ANSWER for b in data.bad)
+        if data.row_kind == PAIR:
+            report.pairs = len(usable)
+        else:
+            report.desirable = sum(s.label is True for s in usable)
+            report.undesirable = sum(s.label is False for s in usable)
     with_tools = sum(1 for s in usable if s.tools)
     if with_tools:
         from .collate import renders_tools

@@ -9,7 +9,8 @@ image / video parts and a `train` flag, plus the row's media references in place
 | query-response | `query` + `response` | ms-swift |
 | alpaca | `instruction` + `output` | LLaMA-Factory alpaca |
 
-A LLaMA-Factory `dataset_info.json` entry picks the format and renames columns and tags."""
+A LLaMA-Factory `dataset_info.json` entry picks the format and renames columns and tags.
+Preference rows (pairs, KTO labels) are read by `preference`, on top of these converters."""
 
 from __future__ import annotations
 
@@ -47,6 +48,7 @@ class Spec:
     formatting: str | None = None
     columns: dict[str, str] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
+    ranking: bool = False  # dataset_info's "ranking": true, a preference (chosen / rejected) dataset
 
     def col(self, name: str, default: str | None = None) -> str:
         return self.columns.get(name, default or name)
@@ -60,6 +62,8 @@ class Converted:
     used: set[str]
     format: str
     tools: list[Any] = field(default_factory=list)
+    rejected: dict[str, Any] | None = None  # a preference pair's rejected final assistant message
+    label: bool | None = None  # a KTO row's desirable (True) / undesirable (False)
 
 
 class RowError(ValueError):
@@ -332,6 +336,19 @@ def convert(row: Any, spec: Spec = Spec()) -> Converted:
     name, converter = _pick(row, spec)
     inline: list[tuple[str, Any]] = []
     messages, used = converter(row, spec, inline)
+    return complete(row, spec, name, messages, used, inline)
+
+
+def complete(
+    row: dict[str, Any],
+    spec: Spec,
+    name: str,
+    messages: list[dict[str, Any]],
+    used: set[str],
+    inline: list[tuple[str, Any]],
+) -> Converted:
+    """What every format shares once its messages are read: the system column, tools, and the
+    media, placed (TRL's rule when the row has no placeholders) and in placeholder order."""
     system_key = spec.col("system")
     if row.get(system_key) and not any(m["role"] == "system" for m in messages):
         messages.insert(0, build_message("system", row[system_key], inline))

@@ -19,7 +19,12 @@ Rows = Iterator[tuple[int, Any, "str | None"]]
 INFO = "dataset_info.json"
 # dataset_info.json keys that point at a hub; this tool reads local files only.
 _HUB_KEYS = ("hf_hub_url", "ms_hub_url", "om_hub_url", "script_url", "cloud_file_name")
-_USED_INFO_KEYS = {"file_name", "formatting", "columns", "tags", "file_sha1"}
+_USED_INFO_KEYS = {"file_name", "formatting", "columns", "tags", "file_sha1", "ranking"}
+# what an entry's rows are (LLaMA-Factory says it per entry), and the objective that trains them
+_ENTRY_KIND = {
+    "pair": ("a preference (ranking) dataset", "train on it with --objective dpo (or ipo, orpo, simpo)"),
+    "label": ("a KTO dataset (kto_tag)", "train on it with --objective kto"),
+}
 
 
 @dataclass
@@ -163,7 +168,7 @@ def _info_entry(info: Path, name: str | None) -> tuple[str, dict[str, Any]]:
     return name, entry
 
 
-def _info_source(info: Path, name: str | None) -> Source:
+def _info_source(info: Path, name: str | None, kind: str = "sft") -> Source:
     name, entry = _info_entry(info, name)
     hub = [k for k in _HUB_KEYS if entry.get(k)]
     if hub and not entry.get("file_name"):
@@ -171,16 +176,28 @@ def _info_source(info: Path, name: str | None) -> Source:
             f"{info}:{name} points at a hub ({hub[0]}), which this machine does not read",
             "download the dataset and set file_name to the local file",
         )
-    if entry.get("ranking"):
-        raise BadInput(f"{info}:{name} is a preference (ranking) dataset", "finetune trains on SFT data")
+    columns = entry.get("columns") or {}
+    # LLaMA-Factory refuses an entry in the wrong stage; so does this, naming the objective.
+    # (An SFT entry read for pairs or labels is read: each row is a bad row saying what it lacks.)
+    entry_kind = (
+        "pair" if entry.get("ranking") else "label" if isinstance(columns, dict) and "kto_tag" in columns else None
+    )
+    if entry_kind is not None and entry_kind != kind:
+        what, fix = _ENTRY_KIND[entry_kind]
+        raise BadInput(f"{info}:{name} is {what}", fix)
     if "file_name" not in entry:
         raise BadInput(f"{info}:{name} has no file_name", "set file_name to the data file")
     formatting = entry.get("formatting", "alpaca")
     if formatting not in FORMATTING:
         raise BadInput(f"{info}:{name}: formatting '{formatting}' is not known", "one of " + ", ".join(FORMATTING))
-    columns, tags = entry.get("columns") or {}, entry.get("tags") or {}
+    tags = entry.get("tags") or {}
     notes = [f"{info.name}:{name}: key '{k}' is not used" for k in sorted(set(entry) - _USED_INFO_KEYS)]
-    spec = Spec(formatting, {str(k): str(v) for k, v in columns.items()}, {str(k): str(v) for k, v in tags.items()})
+    spec = Spec(
+        formatting,
+        {str(k): str(v) for k, v in columns.items()},
+        {str(k): str(v) for k, v in tags.items()},
+        ranking=bool(entry.get("ranking")),
+    )
     target = info.parent / entry["file_name"]
     if not target.exists():
         raise BadInput(
@@ -209,8 +226,9 @@ def _chain(sources: list[Source]) -> Rows:
         offset += last
 
 
-def open_source(ref: str | Path) -> Source:
-    """Resolve a `--data` reference (file, directory, or dataset_info.json[:NAME])."""
+def open_source(ref: str | Path, kind: str = "sft") -> Source:
+    """Resolve a `--data` reference (file, directory, or dataset_info.json[:NAME]); `kind` is what
+    the objective trains on (sft, pair, label), which a dataset_info entry must be."""
     text = str(ref)
     name = None
     if ":" in text and not Path(text).exists():
@@ -222,9 +240,9 @@ def open_source(ref: str | Path) -> Source:
             "pass a .jsonl / .json file, a datasets folder, or dataset_info.json:NAME",
         )
     if path.is_dir() and (path / INFO).is_file() and not (path / "state.json").is_file():
-        return _info_source(path / INFO, name)
+        return _info_source(path / INFO, name, kind)
     if path.name == INFO and path.is_file():
-        return _info_source(path, name)
+        return _info_source(path, name, kind)
     if name is not None:
         raise BadInput(
             f"data '{ref}': ':{name}' names a dataset, but {path.name} is not {INFO}", f"use DIR/{INFO}:NAME"

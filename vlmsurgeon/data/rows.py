@@ -1,7 +1,8 @@
 """Training data as users already have it. `readers` find the rows (JSONL, JSON arrays, tables,
-`datasets` folders, LLaMA-Factory dataset_info.json), `formats` turn each into one shape, `media`
-checks every image and video. Every row is validated before training; bad rows are reported by
-row and reason, and columns no reader used are reported with a count, never dropped silently."""
+`datasets` folders, LLaMA-Factory dataset_info.json), `formats` turn each into one shape
+(`preference` for pairs and KTO rows), `media` checks every image and video. Every row is
+validated before training; bad rows are reported by row and reason, and columns no reader used
+are reported with a count, never dropped silently."""
 
 from __future__ import annotations
 
@@ -11,15 +12,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .formats import RowError, Spec, convert
+from .formats import RowError, Spec
 from .media import MediaError, check_media
+from .preference import KINDS, SFT, check_answers, convert_row
 from .readers import open_source
 
 
 @dataclass
 class Sample:
     """One conversation: messages with content parts ({"type": "image" | "video" | "text"}) and a
-    `train` flag per message, and its media (paths, bytes or PIL images) in placeholder order."""
+    `train` flag per message, and its media (paths, bytes or PIL images) in placeholder order.
+    A preference pair is the prompt and the chosen answer (the final assistant message, the only
+    one with `train` set), the rejected answer in `rejected` (the same message shape; the same
+    prompt and media); a KTO row is the prompt and its completion, with `label`."""
 
     line: int
     messages: list[dict[str, Any]]
@@ -28,6 +33,8 @@ class Sample:
     format: str = "messages"
     unit: str = "line"
     tools: list[Any] = field(default_factory=list)
+    rejected: dict[str, Any] | None = None
+    label: bool | None = None  # KTO: desirable (True) / undesirable (False)
 
     @property
     def where(self) -> str:
@@ -54,6 +61,7 @@ class Dataset:
     formats: dict[str, int] = field(default_factory=dict)
     unused: dict[str, int] = field(default_factory=dict)  # column -> rows that had it
     notes: list[str] = field(default_factory=list)
+    row_kind: str = SFT  # what the rows were read as: sft, pair (dpo, ipo, orpo, simpo) or label (kto)
 
     @property
     def images(self) -> int:
@@ -69,8 +77,12 @@ class Dataset:
         for column, rows in sorted(self.unused.items()):
             said.append(f"column '{column}' is not used ({rows} row(s) have it)")
         untrained = sum(1 for s in self.samples for m in s.messages if m["role"] == "assistant" and not m["train"])
-        if untrained:
+        if untrained and self.row_kind == SFT:
             said.append(f"{untrained} assistant turn(s) marked loss: false are context only (not trained)")
+        elif untrained:
+            said.append(
+                f"{untrained} earlier assistant turn(s) are context only (preference rows train the final answer)"
+            )
         return said
 
 
@@ -109,9 +121,14 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def load_dataset_rows(path: Path | str, *, image_root: Path | str | None = None) -> Dataset:
-    """Read and validate every row; never raises for a bad row (they are collected)."""
-    source = open_source(path)
+def load_dataset_rows(path: Path | str, *, image_root: Path | str | None = None, kind: str = SFT) -> Dataset:
+    """Read and validate every row as `kind`: "sft" (conversations), "pair" (chosen / rejected,
+    for dpo, ipo, orpo, simpo) or "label" (a completion with a true/false label, for kto). Never
+    raises for a bad row (they are collected); a row of another kind is one, whose reason names
+    the objective that reads it."""
+    if kind not in KINDS:
+        raise ValueError(f"row kind {kind!r}: one of {', '.join(KINDS)}")
+    source = open_source(path, kind)
     root = Path(image_root) if image_root else None
     samples, bad = [], []
     formats: Counter[str] = Counter()
@@ -121,19 +138,33 @@ def load_dataset_rows(path: Path | str, *, image_root: Path | str | None = None)
             bad.append(BadRow(line, error, source.unit))
             continue
         try:
-            converted = convert(row, source.spec)
+            converted = convert_row(row, source.spec, kind)
             images = _media(converted.images, source.base, root, "image")
             videos = _media(converted.videos, source.base, root, "video")
+            if kind != SFT:
+                check_answers(converted.messages, converted.rejected, kind)
             _check(converted.messages, images, videos)
         except (RowError, MediaError) as exc:
             bad.append(BadRow(line, str(exc), source.unit))
             continue
         formats[converted.format] += 1
         unused.update(k for k in row if k not in converted.used and row.get(k) not in (None, "", [], {}))
-        samples.append(Sample(line, converted.messages, images, videos, converted.format, source.unit, converted.tools))
+        samples.append(
+            Sample(
+                line,
+                converted.messages,
+                images,
+                videos,
+                converted.format,
+                source.unit,
+                converted.tools,
+                converted.rejected,
+                converted.label,
+            )
+        )
     target = source.path
     return Dataset(
-        target, samples, bad, file_sha256(target), source.kind, dict(formats), dict(unused), list(source.notes)
+        target, samples, bad, file_sha256(target), source.kind, dict(formats), dict(unused), list(source.notes), kind
     )
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from vlmsurgeon import fsutil
 from vlmsurgeon.errors import BadInput, RuntimeFailure, VlmSurgeonError
@@ -22,6 +22,7 @@ from vlmsurgeon.model.report import human, percent
 from vlmsurgeon.recipe.preset import load_preset, read_yaml
 
 from .amounts import parse_amount
+from .objective import KNOBS, OBJECTIVES, Objective, objective
 
 _KEY = re.compile(rf"^(total|trainable|memory|({'|'.join(ALL_COMPONENTS)})\.(params|trainable))$")
 # A staged JUnit file is `.NAME.<random>.tmp` beside NAME; a killed run's leftovers match this.
@@ -35,6 +36,11 @@ _OPTION_AS_KEY = (
     ("--seq-len", "seq_len"),
     ("--batch-size", "batch_size"),
     ("--image-tokens", "image_tokens"),
+    ("--objective", "objective"),
+    ("--beta", "beta"),
+    ("--simpo-gamma", "simpo_gamma"),
+    ("--desirable-weight", "desirable_weight"),
+    ("--undesirable-weight", "undesirable_weight"),
 )
 _OPTION = re.compile(r"(?<![\w-])--[a-z][a-z-]*")
 _OWN_OPTIONS = {"--json", "--junit"}
@@ -52,7 +58,32 @@ class ModelBudget(BaseModel):
     image_tokens: int = Field(default=256, ge=0)
     gradient_checkpointing: bool = True
     trust_remote_code: bool = False
+    # the step the memory limit is checked for: sft, or a preference objective and its knobs (as finetune's)
+    objective: str = "sft"
+    beta: float | None = Field(default=None, gt=0)
+    simpo_gamma: float | None = Field(default=None, ge=0)
+    desirable_weight: float | None = Field(default=None, gt=0)
+    undesirable_weight: float | None = Field(default=None, gt=0)
     limits: dict[str, str | float | int | dict[str, str | float | int]]
+
+    @field_validator("objective")
+    @classmethod
+    def _known_objective(cls, name: str) -> str:
+        if name not in OBJECTIVES:
+            raise ValueError(f"unknown objective '{name}' (one of {', '.join(OBJECTIVES)})")
+        return name
+
+    @model_validator(mode="after")
+    def _objective_and_its_knobs(self) -> ModelBudget:
+        """An unknown objective, or a knob it does not read, is refused (as finetune refuses it)."""
+        try:
+            self.planned_objective()
+        except BadInput as exc:
+            raise ValueError(exc.what + (f" ({exc.hint})" if exc.hint else "")) from None
+        return self
+
+    def planned_objective(self) -> Objective:
+        return objective(self.objective, {k: getattr(self, k) for k in KNOBS}, options=False)
 
 
 class BudgetFile(BaseModel):
@@ -251,7 +282,7 @@ def load_budget(path: Path) -> tuple[BudgetFile, list[list[Limit]]]:
     except ValidationError as exc:
         for err in exc.errors():
             loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
-            problems.append(f"{loc}: {err['msg']}")
+            problems.append(f"{loc}: {err['msg'].removeprefix('Value error, ')}")
     limits: list[list[Limit]] = []
     models = data.get("models") if isinstance(data, dict) else None
     for i, entry in enumerate(models if isinstance(models, list) else []):
@@ -312,7 +343,13 @@ def _figure(key: str, plan: Any) -> tuple[int, int]:
 def _plan(entry: ModelBudget) -> Any:
     from .plan import PlanSettings, plan_model
 
-    settings = PlanSettings(entry.seq_len, entry.batch_size, entry.image_tokens, entry.gradient_checkpointing)
+    settings = PlanSettings(
+        entry.seq_len,
+        entry.batch_size,
+        entry.image_tokens,
+        entry.gradient_checkpointing,
+        objective=entry.planned_objective(),
+    )
     # no preset: every component frozen, so that only counts are checked
     freeze = None if entry.preset else (entry.freeze or ",".join(ALL_COMPONENTS))
     return plan_model(

@@ -9,6 +9,8 @@ from typing import Any
 
 from vlmsurgeon.model.report import NF4_BITS, human
 
+from .objective import Objective
+
 LORA_BYTES = 4  # peft keeps adapters in fp32 (autocast_adapter_dtype)
 HALF = 2  # bf16
 
@@ -39,8 +41,10 @@ class ComponentMemory:
 
 @dataclass
 class Estimate:
-    """A training step's peak: the state (weights, adapters, gradients, AdamW), what the stacks keep
-    for backward, and the larger of two moments that never overlap: the loss (logits) and one
+    """A training step's peak: the state (weights, adapters, gradients, AdamW, a preference
+    reference's frozen copies), then the larger of two moments that never overlap: a forward
+    without a graph that runs before the policy's (a preference reference), and the policy's
+    micro-batch: what the stacks keep for backward plus the larger of the loss (logits) and one
     layer's backward."""
 
     weights: int  # as loaded, plus the fp32 copies of what trains in full
@@ -52,16 +56,21 @@ class Estimate:
     logits: int
     backward: int = 0  # one layer's backward: its activations recomputed and their gradients, a dequantized weight
     backward_no_ckpt: int = 0
+    reference_copies: int = 0  # a preference reference's frozen copy of what trains in full (no LoRA beside it)
+    no_grad_forward: int = 0  # the largest moment of a forward without a graph before the policy's (reference)
 
     @property
     def state(self) -> int:
-        return self.weights + self.adapters + self.gradients + self.optimizer
+        return self.weights + self.adapters + self.gradients + self.optimizer + self.reference_copies
 
     def transient(self, checkpointing: bool = True) -> int:
-        """What one micro-batch adds on top of the state at the step's peak."""
+        """What one micro-batch adds on top of the state at the step's peak: the policy's pass, or
+        a pass without a graph before it, whichever is larger (they never hold memory at once)."""
         if checkpointing:
-            return self.activations + max(self.logits, self.backward)
-        return self.activations_no_ckpt + max(self.logits, self.backward_no_ckpt)
+            policy = self.activations + max(self.logits, self.backward)
+        else:
+            policy = self.activations_no_ckpt + max(self.logits, self.backward_no_ckpt)
+        return max(policy, self.no_grad_forward)
 
     @property
     def total(self) -> int:
@@ -94,6 +103,36 @@ def logits_bytes(batch: int, seq_len: int, vocab: int, hidden: int, chunked: boo
         return batch * seq_len * vocab * 4 * 2
     tokens = batch * seq_len
     return 3 * 4 * min(tokens, chunk_rows(tokens, vocab)) * vocab + 2 * 4 * tokens * hidden
+
+
+def no_grad_forward_bytes(
+    lm: Dims | None,
+    tokens: int,
+    vision: Dims | None,
+    patches: int,
+    dequantized: int,
+    *,
+    head_tokens: int,
+    vocab: int,
+    chunked: bool,
+) -> int:
+    """The largest moment of a forward without a graph (a preference reference, KTO's KL pass):
+    nothing is kept for backward, so it is one layer's activations as they are computed with the
+    largest 4-bit weight dequantized, or at the head the input captured, the labelled rows picked
+    from it and one chunk's logits in the compute dtype, in fp32 and log-softmaxed; without the
+    chunked loss every logit in fp32 and its log-softmax."""
+    if not head_tokens:
+        return 0
+    layer = max(
+        tokens * lm.per_token_layer() if lm and tokens else 0,
+        patches * vision.per_token_layer() if vision and patches else 0,
+    )
+    if chunked:
+        head = (HALF + 2 * 4) * min(head_tokens, chunk_rows(head_tokens, vocab)) * vocab
+        head += 2 * HALF * head_tokens * (lm.hidden if lm else 0)
+    else:
+        head = 2 * 4 * head_tokens * vocab
+    return max(layer + HALF * dequantized, head)
 
 
 def weight_bytes(c: ComponentMemory) -> int:
@@ -140,6 +179,7 @@ def estimate(
     vision_tokens: int,
     chunked: bool = True,
     dequantized: int = 0,
+    objective: Objective | None = None,
 ) -> Estimate:
     """Weights (4-bit NF4 with double quant for quantized Linear weights, bf16 otherwise), fp32
     LoRA adapters; what trains in full gets master weights in fp32 when anything is 4-bit
@@ -148,7 +188,12 @@ def estimate(
     trained tensor's dtype; what the LM keeps for backward (and the vision encoder when it
     trains); then the larger of the loss's logits (one chunk with the chunked cross-entropy, all
     of them without) and one layer's backward (`dequantized`: elements of the largest 4-bit
-    Linear weight, 0 when nothing is 4-bit). Priced with and without gradient checkpointing."""
+    Linear weight, 0 when nothing is 4-bit). Priced with and without gradient checkpointing.
+    A preference `objective`: a pair's chosen and rejected answers run as 2 sequences, so the
+    policy's pass is priced on 2 × batch sequences; a reference (dpo, ipo, kto) runs first without
+    a graph (its largest moment, on its own), and keeps a frozen copy of what trains in full where
+    no LoRA adapter can be disabled to get the start back (beside LoRA peft keeps the original)."""
+    objective = objective or Objective()
     full = sum(c.full_trainable for c in components.values())
     lora = sum(c.lora_trainable for c in components.values())
     master = 4 if any(c.quantized for c in components.values()) else HALF
@@ -157,8 +202,9 @@ def estimate(
     vision_trains = any(
         components[n].full_trainable or components[n].lora_trainable for n in ("vision",) if n in components
     )
-    tokens = batch * seq_len if trains_before_head else 0
-    patches = batch * vision_tokens if vision_trains else 0
+    sequences, no_grad = objective.sequences(batch), objective.no_grad_sequences(batch)
+    tokens = sequences * seq_len if trains_before_head else 0
+    patches = sequences * vision_tokens if vision_trains else 0
     trains = bool(full or lora)
     return Estimate(
         weights=sum(weight_bytes(c) for c in components.values()) + copies,
@@ -167,9 +213,20 @@ def estimate(
         optimizer=2 * (LORA_BYTES * lora + master * full),
         activations=stack_activations(lm, tokens, True) + stack_activations(vision, patches, True),
         activations_no_ckpt=stack_activations(lm, tokens, False) + stack_activations(vision, patches, False),
-        logits=logits_bytes(batch, seq_len, vocab, lm.hidden if lm else 0, chunked) if trains else 0,
+        logits=logits_bytes(sequences, seq_len, vocab, lm.hidden if lm else 0, chunked) if trains else 0,
         backward=backward_bytes(lm, tokens, vision, patches, dequantized, True),
         backward_no_ckpt=backward_bytes(lm, tokens, vision, patches, dequantized, False),
+        reference_copies=master * full if objective.reference and not lora else 0,
+        no_grad_forward=no_grad_forward_bytes(
+            lm,
+            no_grad * seq_len if trains_before_head else 0,
+            vision,
+            no_grad * vision_tokens if vision_trains else 0,
+            dequantized,
+            head_tokens=no_grad * seq_len if trains else 0,
+            vocab=vocab,
+            chunked=chunked,
+        ),
     )
 
 
@@ -266,7 +323,7 @@ class ScaleOut:
     fsdp/zero3: weights, adapters, gradients and optimizer states sharded 1/N (4-bit storage
     included, as FSDP-QLoRA does), plus the largest unit gathered whole, plus the activations
     kept and the larger of logits and one layer's backward, of each GPU's own micro-batch (never
-    sharded)."""
+    sharded; a preference reference's no-graph pass instead where it is larger)."""
 
     strategy: str
     gpus: int

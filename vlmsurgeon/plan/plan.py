@@ -28,6 +28,7 @@ from .memory import (
     scale_out,
     vision_dims,
 )
+from .objective import Objective, objective
 
 _EXPERTS = re.compile(r"(^|\.)experts(\.|$)")
 _ATTENTION = re.compile(r"(^|\.)[\w]*(attn|attention)[\w]*(\.|$)")
@@ -43,6 +44,7 @@ class PlanSettings:
     gradient_checkpointing: bool = True
     max_pixels: int | None = None  # when set, image_tokens is derived from it (Qwen-style budgets)
     chunked_loss: bool = True  # finetune's default; --no-chunked-loss holds the full logits
+    objective: Objective = Objective()  # sft; a preference objective prices its pairs and its reference
 
 
 @dataclass
@@ -72,7 +74,8 @@ class PlanResult:
             entry["quantized"] = name in self.quantized
         data["preset"] = self.preset.name
         data["trainable_params"] = self.trainable
-        data["settings"] = self.settings.__dict__.copy()
+        data["settings"] = {k: v for k, v in self.settings.__dict__.items() if k != "objective"}
+        data["objective"] = self.settings.objective.to_json(self.settings.batch_size)
         data["memory"] = self.memory.to_json()
         if self.scale_out is not None:
             data["scale_out"] = self.scale_out.to_json()
@@ -146,6 +149,7 @@ def plan_model(
             raise BadInput(f"--{name.replace('_', '-')} must be positive", "e.g. 2048 / 1")
     if quantize not in ("4bit", "none"):
         raise BadInput(f"--quantize '{quantize}': unknown", "4bit or none")
+    objective(settings.objective.name, settings.objective.knobs)  # an unknown one, or a knob it does not read
     source, model = meta_model(reference, trust_remote_code=trust_remote_code, revision=revision)
     tree = classified_tree(model, source.model_type)
     present = present_components(tree)
@@ -175,7 +179,7 @@ def plan_model(
         result.scale_out = scale_out(
             memory, scale, largest_unit(tree, loading.quantized), settings.gradient_checkpointing
         )
-    result.notes.extend(n for n in (loading.reason, pixel_note) if n)
+    result.notes.extend(n for n in (loading.reason, pixel_note, _objective_note(settings)) if n)
     result.notes.extend(moe_notes(tree, report, applied, loading))
     blocker = training_blocker(model.config)
     if blocker:
@@ -191,6 +195,15 @@ def plan_model(
             gradient_checkpointing=settings.gradient_checkpointing,
         )
     return result
+
+
+def _objective_note(settings: PlanSettings) -> str | None:
+    if settings.objective.name == "kto" and settings.batch_size < 2:
+        return (
+            "finetune refuses --objective kto with --batch-size 1: its KL baseline pairs each prompt "
+            "with another row's completion (priced here as asked)"
+        )
+    return None
 
 
 def _estimate(
@@ -219,6 +232,7 @@ def _estimate(
         vision_tokens=settings.image_tokens * merge,
         chunked=settings.chunked_loss,
         dequantized=dequantized,
+        objective=settings.objective,
     )
 
 

@@ -35,8 +35,12 @@ class FinetuneResult:
     main_process: bool = True  # under accelerate launch / torchrun, rank 0 reports for all
 
 
+# what each objective's rows are: a conversation, a preference pair, a completion with a label
+ROW_KIND = {"sft": "sft", "dpo": "pair", "ipo": "pair", "orpo": "pair", "simpo": "pair", "kto": "label"}
+
+
 def _rows(path: str, opts: RunOptions, label: str) -> Dataset:
-    data = load_dataset_rows(path, image_root=opts.image_root)
+    data = load_dataset_rows(path, image_root=opts.image_root, kind=ROW_KIND[opts.objective])
     if not data.samples and not data.bad:
         raise BadInput(f"{label} '{path}': no rows", "check the file's format (see docs/data.md)")
     return data
@@ -273,12 +277,22 @@ def _prepare(
     from .telemetry import check_reporting
 
     check_reporting(opts)
+    if opts.objective == "kto" and opts.batch_size < 2:  # TRL's rule too
+        raise BadInput(
+            "--objective kto needs --batch-size 2 or more: its KL baseline pairs each prompt with "
+            "another row's completion in the same batch",
+            "pass --batch-size 2 (or more)",
+        )
     data = _rows(opts.require("data", "--data DATA"), opts, "data")
     eval_data = _rows(opts.eval_data, opts, "eval data") if opts.eval_data else None
     checkpoint = _check_run_dir(run_dir, resume)
     if checkpoint is not None:
         check_steps(run_dir, checkpoint, opts.steps)
     source, tree, preset, opts = _model_plan(reference, opts, trust_remote_code)
+    if opts.from_run:
+        from .preference import check_from
+
+        check_from(opts.from_run, reference, preset)
     inputs = run_inputs(opts, source, preset, data, _dtype_name(opts))
     resumed: list[dict[str, Any]] = []
     if checkpoint is not None:
@@ -288,6 +302,10 @@ def _prepare(
     collator = make_collator(processor, opts)
     report, rows = checked_rows(data, collator, opts, run_dir, "data")
     eval_rows = checked_rows(eval_data, collator, opts, run_dir, "eval data")[1] if eval_data else None
+    if ROW_KIND[opts.objective] != "sft":  # rows checked above; trained as pairs or with KL pairs
+        from .preference import LabelCollator, PairCollator
+
+        collator = PairCollator(collator) if ROW_KIND[opts.objective] == "pair" else LabelCollator(collator)
     report.processor = pixels
     if _main_process():
         print_data_summary(report)
@@ -346,6 +364,10 @@ def _train(run: _Run) -> FinetuneResult:
     applied = apply_preset(model, run.preset, run.source.model_type)
     if quantized:  # what trains in full gets fp32 master weights; frozen parts keep their dtype
         cast_trained(applied.model)
+    if opts.from_run:
+        from .preference import start_from
+
+        say(f"starting from {opts.from_run}: {start_from(applied, opts.from_run)} trained tensor(s) loaded")
     stop = StopOnSignal()
     grads = GradCheck(applied, opts.strict_grads)
     callbacks = [
@@ -361,7 +383,14 @@ def _train(run: _Run) -> FinetuneResult:
     if opts.report_to == "tensorboard":  # beside the run, not inside checkpoints/
         os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_dir / "tensorboard")
     trainer = make_trainer(
-        applied, opts, run_dir / CHECKPOINTS, run.rows, run.eval_rows, run.collator, callbacks=callbacks
+        applied,
+        opts,
+        run_dir / CHECKPOINTS,
+        run.rows,
+        run.eval_rows,
+        run.collator,
+        callbacks=callbacks,
+        objective=_objective(applied, opts, run),
     )
     for note in fit_engine(trainer, opts):
         warn(note)
@@ -404,6 +433,32 @@ def _train(run: _Run) -> FinetuneResult:
         run.report.skipped,
         main_process=trainer.is_world_process_zero(),
     )
+
+
+def _objective(applied: Any, opts: RunOptions, run: _Run) -> Any:
+    """A preference run's loss (None for SFT), with its reference, whose cost is said once."""
+    if opts.objective == "sft":
+        return None
+    from .loss import chunked_loss_for
+    from .objectives import REFERENCE
+    from .preference import Objective, Reference, knobs_for, precompute, resolved_knobs
+    from .telemetry import say
+
+    chunked = chunked_loss_for(applied.model)[0] if opts.chunked_loss else None
+    reference = Reference(applied.model, whole=bool(opts.from_run)) if opts.objective in REFERENCE else None
+    knobs = ", ".join(f"{k} {v:g}" for k, v in resolved_knobs(opts).items())
+    objective = Objective(opts.objective, knobs_for(opts), chunked, reference)
+    if reference is None:
+        say(f"objective {opts.objective} ({knobs}): reference-free")
+        return objective
+    params, size = reference.copied
+    what = f"{opts.from_run} as it starts" if opts.from_run else "the model with its adapter disabled"
+    copies = f"; a start copy of {params:,} trained parameter(s) ({size / 2**20:.2f} MiB), not of the base"
+    say(f"objective {opts.objective} ({knobs}): reference = {what}" + (copies if params else ", no copy of the base"))
+    if opts.precompute_ref:
+        precompute(objective, applied.model, run.rows, run.collator, opts.batch_size)
+        say(f"reference log-probs of {len(run.rows)} pair(s) computed; the reference is not kept")
+    return objective
 
 
 def print_data_summary(report: Any) -> None:

@@ -128,6 +128,19 @@ class ChunkedLoss:
             else:
                 del base._loss_function
 
+    @contextlib.contextmanager
+    def head_captured(self, model: Any) -> Iterator[tuple[Capture, Any]]:
+        """The head swapped for the pass-through alone (the model's loss untouched): a forward
+        without labels leaves the head's input in the capture, for log-probs computed per chunk."""
+        owner = unwrap(model).get_submodule(self.head_owner)
+        head = getattr(owner, self.head_name)
+        capture = Capture()
+        setattr(owner, self.head_name, capture)
+        try:
+            yield capture, head
+        finally:
+            setattr(owner, self.head_name, head)
+
 
 def chunked_loss_for(model: Any) -> tuple[ChunkedLoss | None, str | None]:
     """The chunked loss for this model, or None and why it keeps the plain one."""

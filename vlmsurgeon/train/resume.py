@@ -20,6 +20,7 @@ from vlmsurgeon import __version__
 from vlmsurgeon.errors import BadInput
 from vlmsurgeon.fsutil import honour_umask
 
+from .runconfig import KNOBS
 from .runlock import COMPLETE, warn
 
 RUN_FILE = "run.json"
@@ -27,6 +28,8 @@ RUN_FILE = "run.json"
 # optimizer state would not load at all).
 FIXED = (
     "base",
+    "objective",
+    "from_run",
     "preset",
     "data",
     "quantize",
@@ -66,7 +69,13 @@ def allowed_changes(keys: str | None, resume: bool) -> set[str]:
 def run_inputs(opts: Any, source: Any, preset: Any, data: Any, dtype: str) -> dict[str, Any]:
     """Every option, with the model, data and preset as resolved (paths absolute)."""
     ref = source.ref
-    inputs = opts.model_dump(mode="json", exclude={"model", "output", "data"})
+    exclude = {"model", "output", "data", "objective", "from_run", "precompute_ref", *KNOBS}
+    inputs = opts.model_dump(mode="json", exclude=exclude)
+    if opts.objective != "sft":  # an SFT run's record stays as it was before objectives existed
+        from .preference import from_record, resolved_knobs
+
+        inputs["objective"] = {"name": opts.objective, **resolved_knobs(opts)}
+        inputs["from_run"] = from_record(opts.from_run)
     inputs.update(
         base={
             "reference": str(ref.path.resolve()) if ref.path else ref.text,

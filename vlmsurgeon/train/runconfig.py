@@ -6,12 +6,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from vlmsurgeon.errors import BadInput
 from vlmsurgeon.recipe.preset import read_yaml
 
 DEFAULT_FILE = "vlmsurgeon.yaml"
+# which objectives read each knob (train/objectives.py holds their defaults)
+KNOBS = {
+    "beta": ("dpo", "ipo", "orpo", "simpo", "kto"),
+    "simpo_gamma": ("simpo",),
+    "desirable_weight": ("kto",),
+    "undesirable_weight": ("kto",),
+}
 
 
 class RunOptions(BaseModel):
@@ -52,6 +59,27 @@ class RunOptions(BaseModel):
     strict_grads: bool = False
     chunked_loss: bool = True  # cross-entropy a few rows at a time, never the full logits
     offload_activations: bool = False  # checkpointed layer inputs in pinned CPU memory (GPU only)
+    # what the loss is (sft: the model's own); the knobs default to TRL's for the objective
+    objective: Literal["sft", "dpo", "ipo", "orpo", "simpo", "kto"] = "sft"
+    beta: float | None = Field(default=None, gt=0)
+    simpo_gamma: float | None = Field(default=None, ge=0)
+    desirable_weight: float | None = Field(default=None, gt=0)
+    undesirable_weight: float | None = Field(default=None, gt=0)
+
+    from_run: str | None = None  # a finished run whose adapter continues to train (and is the reference)
+    precompute_ref: bool = False  # the reference's log-probs once, before training, not every step
+
+    @model_validator(mode="after")
+    def _knobs_of_the_objective(self) -> RunOptions:
+        """A knob the objective does not read is refused, not ignored."""
+        for knob, objectives in KNOBS.items():
+            if getattr(self, knob) is not None and self.objective not in objectives:
+                raise ValueError(f"{knob} applies to objective {' or '.join(objectives)}, not {self.objective}")
+        if self.from_run is not None and self.objective == "sft":
+            raise ValueError("from_run applies to the preference objectives (dpo, ipo, orpo, simpo, kto), not sft")
+        if self.precompute_ref and self.objective not in ("dpo", "ipo"):
+            raise ValueError(f"precompute_ref applies to dpo and ipo (a reference per pair), not {self.objective}")
+        return self
 
     def require(self, key: str, flag: str) -> str:
         value = getattr(self, key)

@@ -47,10 +47,14 @@ class ComponentTrainer(Trainer):
     """Trainer with AdamW parameter groups per component learning rate (from the preset),
     counting the tokens it trains on for tokens/s, and the chunked cross-entropy in training."""
 
-    def __init__(self, *args: Any, applied: Any, chunked: Any = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, applied: Any, chunked: Any = None, objective: Any = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.applied = applied
         self.chunked = chunked  # loss.ChunkedLoss, or None for the model's own loss
+        self.objective = objective  # preference.Objective, or None for SFT
+        self.metrics: dict[str, dict[str, list[float]]] = {"train": {}, "eval": {}}
+        if objective is not None:  # a mean over pairs: Trainer divides it by the accumulation steps
+            self.model_accepts_loss_kwargs = False
         self.tokens_seen = 0
         self.saw_image = False
         self.saving: str | None = None  # what a failed write was doing (a full disk names it)
@@ -93,11 +97,28 @@ class ComponentTrainer(Trainer):
     def compute_loss(
         self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
     ) -> Any:
+        if self.objective is not None:
+            loss, metrics = self.objective.loss(model, inputs)
+            mode = self.metrics["train" if model.training else "eval"]
+            for key, value in metrics.items():
+                mode.setdefault(key, []).append(float(value))
+            return (loss, {}) if return_outputs else loss
         # evaluation keeps the model's own loss: it returns the logits, and holds no graph
         if self.chunked is None or return_outputs or not model.training or "labels" not in inputs:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         with self.chunked.installed(self.model):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """A preference run's metrics beside the loss, each the mean over the steps since the last
+        log, under TRL's names (`eval_` before them in an evaluation's log)."""
+        mode = "eval" if any(k.startswith("eval_") for k in logs) else "train"
+        prefix = "eval_" if mode == "eval" else ""
+        for key, values in self.metrics[mode].items():
+            if values:
+                logs[prefix + key] = round(sum(values) / len(values), 6)
+        self.metrics[mode] = {}
+        super().log(logs, start_time)
 
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
         self.saving = f"saving checkpoint-{self.state.global_step}"
@@ -153,6 +174,7 @@ def make_trainer(
     evaluation: list[Any] | None,
     collator: Any,
     callbacks: list[Any],
+    objective: Any = None,
 ) -> ComponentTrainer:
     import torch
 
@@ -180,6 +202,7 @@ def make_trainer(
         # autocast whenever weights are bf16: trained parameters are fp32 beside frozen bf16 ones
         bf16=opts.dtype == "bf16" or (torch.cuda.is_available() and opts.dtype == "auto"),
         ddp_find_unused_parameters=False,
+        prediction_loss_only=objective is not None,  # a preference evaluation has a loss, no logits
         **save,  # checkpointing: ours, set on the model (prepare.py)
     )
     drop_input_grad_hooks(applied.model)  # peft puts them back on an unquantized model
@@ -191,7 +214,8 @@ def make_trainer(
         data_collator=collator,
         callbacks=callbacks,
         applied=applied,
-        chunked=_chunked_loss(applied.model, opts),
+        chunked=None if objective is not None else _chunked_loss(applied.model, opts),
+        objective=objective,
     )
     trainer.remove_callback(PrinterCallback)  # it prints logs to stdout; results go there
     for callback in callbacks:
@@ -277,6 +301,10 @@ class Progress(TrainerCallback):
             return
         elapsed = max(time.perf_counter() - self.started, 1e-9)
         info = f"loss {logs['loss']:.4f} · lr {logs.get('learning_rate', 0):.2e}"
+        if "rewards/margins" in logs:  # a preference run: is the chosen answer pulling ahead?
+            info += f" · margin {logs['rewards/margins']:+.3f}"
+        if "rewards/accuracies" in logs:
+            info += f" · acc {logs['rewards/accuracies']:.2f}"
         if self.trainer is not None:
             info += f" · {self.trainer.tokens_seen / elapsed:,.0f} tok/s"
         self.bar.update(self.task, completed=state.global_step, info=info)

@@ -1,0 +1,43 @@
+"""Options shared by several commands, defined once: their flags, help and where defaults live."""
+
+from __future__ import annotations
+
+import typer
+
+
+def _default(value: object) -> str:
+    """A default that lives in RunOptions (the flag itself is None so that --config can set it),
+    written as typer writes its own; the bracket is escaped, rich would read it as markup."""
+    return f" \\[default: {value}]"
+
+
+REVISION_HELP = "Hub revision: a branch, tag or commit."
+
+# How rows' media are found and sized: the same options for `finetune` and `data check`.
+MEDIA = {
+    "image_root": typer.Option(None, "--image-root", help="Folder that relative media paths start from."),
+    "max_pixels": typer.Option(None, "--max-pixels", help="Pixel budget per image (Qwen-style processors)."),
+    "min_pixels": typer.Option(None, "--min-pixels", help="Smallest pixel count per image (Qwen-style)."),
+    "image_size": typer.Option(None, "--image-size", help="Resize images to this side (fixed-size processors)."),
+    "video_frames": typer.Option(None, "--video-frames", help="Most frames sampled from a video."),
+    "video_fps": typer.Option(None, "--video-fps", help="Frames per second sampled from a video."),
+}
+
+# what the loss is, and the knobs of the preference objectives (defaults: TRL's, per objective)
+OBJECTIVE = {
+    "objective": typer.Option(
+        None,
+        "--objective",
+        help="sft, or preference training on pairs: dpo, ipo, orpo, simpo (kto: labelled rows)." + _default("sft"),
+    ),
+    "beta": typer.Option(None, "--beta", help="β of the preference loss (TRL's value for the objective unless set)."),
+    "simpo_gamma": typer.Option(None, "--simpo-gamma", help="SimPO's target reward margin γ."),
+    "desirable_weight": typer.Option(None, "--desirable-weight", help="KTO: weight of desirable rows."),
+    "undesirable_weight": typer.Option(None, "--undesirable-weight", help="KTO: weight of undesirable rows."),
+    "from_run": typer.Option(
+        None, "--from", help="A finished run (e.g. SFT) whose adapter trains on and is the reference."
+    ),
+    "precompute_ref": typer.Option(
+        False, "--precompute-ref", help="dpo/ipo: the reference's log-probs once before training, not each step."
+    ),
+}
