@@ -359,3 +359,46 @@ def test_qlora_dpo_from_each_peers_format_resumes_merges_and_answers(tiny_models
     assert code == 0 and "verify: ok" in out, err
     code, out, err = cli("generate", str(tmp_path / "merged"), "--prompt", "Hi", "--max-new-tokens", "3")
     assert code == 0 and out.strip(), err
+
+
+def _pair(chosen="A red circle.", rejected="A red square.", image=True, text="What is in the picture?"):
+    content = ([{"type": "image"}] if image else []) + [{"type": "text", "text": text}]
+    return {
+        "prompt": [{"role": "user", "content": content}],
+        "chosen": [{"role": "assistant", "content": chosen}],
+        "rejected": [{"role": "assistant", "content": rejected}],
+        "images": ["img/red_circle.png"],
+    }
+
+
+BAD_PAIRS = {
+    "identical": (_pair(rejected="A red circle."), "chosen and rejected are the same answer"),
+    "empty": (_pair(rejected=" "), "empty rejected answer"),
+    "placeholders": (_pair(text="<image><image>Which?"), "image placeholder(s) but 1 image(s)"),
+    "cut": (_pair(rejected="A red square " * 60), "rejected: "),
+    "no user turn": (dict(_pair(), prompt=[{"role": "system", "content": "Be brief."}]), "no user turn"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_PAIRS))
+def test_a_bad_preference_row_stops_the_run_before_loading_naming_its_row(tiny_models, pairs, tmp_path, cli, kind):
+    row, says = BAD_PAIRS[kind]
+    good = pairs.read_text().splitlines()[:3]
+    data = pairs.parent / f"bad-{kind.replace(' ', '-')}.jsonl"
+    data.write_text("\n".join([*good, json.dumps(row)]) + "\n")
+    args = ["finetune", str(tiny_models("qwen2_vl")), "--data", str(data), "-o", str(tmp_path / "r")]
+    code, _, err = cli(*args, "--objective", "dpo", "--freeze", "vision", "--seq-len", "256")
+    assert code == 2, err
+    line = err.strip().splitlines()
+    assert len(line) == 1 and "line 4" in line[0] and says in line[0], err
+    assert "loading weights" not in err and "Traceback" not in err
+
+
+def test_a_kto_label_that_is_not_true_or_false_is_a_bad_row(tiny_models, pairs, tmp_path, cli):
+    rows = pairs.parent.joinpath("kto.jsonl").read_text().splitlines()[:4]
+    bad = dict(json.loads(rows[0]), label="yes")
+    data = pairs.parent / "bad-kto.jsonl"  # beside its images
+    data.write_text("\n".join([*rows, json.dumps(bad)]) + "\n")
+    args = ["finetune", str(tiny_models("qwen2_vl")), "--data", str(data), "-o", str(tmp_path / "r")]
+    code, _, err = cli(*args, "--objective", "kto", "--freeze", "vision", "--batch-size", "2")
+    assert code == 2 and "line 5" in err and "'label' must be true or false" in err and err.count("\n") == 1
