@@ -728,6 +728,55 @@ def cases(d: Path) -> list[Case]:
             out="somefile/ft",
         )
     )
+    # ---- preference training (issue 23) --------------------------------------------------------
+    pairs, kto = "shapes/pairs.jsonl", "shapes/kto.jsonl"
+    ft = ["finetune", q, "--freeze", "vision", "--steps", "1"]
+
+    def pref(name: str, args: list[str], out: str) -> None:
+        add(Case(f"finetune: {name}", ft + args + ["-o", out], {2}, out=out))
+
+    def bad_rows_only(out: str) -> Callable[[Result, Path], list[str]]:
+        """A refusal for bad rows leaves the run directory holding their list alone (bad_rows.txt)."""
+
+        def check(r: Result, d: Path) -> list[str]:
+            left = sorted(p.name for p in (d / out).iterdir()) if (d / out).is_dir() else []
+            return [] if left == ["bad_rows.txt"] else [f"{out} holds {left}, not bad_rows.txt alone"]
+
+        return check
+
+    def pref_rows(name: str, args: list[str], out: str) -> None:
+        add(Case(f"finetune: {name}", ft + args + ["-o", out], {2}, check=bad_rows_only(out)))
+
+    pref("unknown objective", ["--data", pairs, "--objective", "rlhf"], "pf_obj")
+    pref("beta on sft", ["--data", data, "--beta", "0.1"], "pf_beta_sft")
+    pref("beta 0", ["--data", pairs, "--objective", "dpo", "--beta", "0"], "pf_beta0")
+    pref("simpo-gamma on dpo", ["--data", pairs, "--objective", "dpo", "--simpo-gamma", "1"], "pf_gamma")
+    pref("kto weight on dpo", ["--data", pairs, "--objective", "dpo", "--desirable-weight", "2"], "pf_weight")
+    pref("kto at batch size 1", ["--data", kto, "--objective", "kto", "--batch-size", "1"], "pf_kto1")
+    pref_rows("pairs as sft", ["--data", pairs], "pf_sft_pairs")
+    pref_rows("sft rows as dpo", ["--data", data, "--objective", "dpo"], "pf_dpo_sft")
+    pref_rows("kto rows as dpo", ["--data", kto, "--objective", "dpo"], "pf_dpo_kto")
+    pref_rows("pairs as kto", ["--data", pairs, "--objective", "kto", "--batch-size", "2"], "pf_kto_pairs")
+    pref("--from a missing run", ["--data", pairs, "--objective", "dpo", "--from", "nope"], "pf_from")
+    pref("--from on sft", ["--data", data, "--from", run], "pf_from_sft")
+    pref(
+        "--from a run of other components",
+        ["--data", pairs, "--objective", "dpo", "--from", run, "--freeze", "vision,merger"],
+        "pf_from_preset",
+    )
+    pref("--precompute-ref on orpo", ["--data", pairs, "--objective", "orpo", "--precompute-ref"], "pf_pre")
+    pref_rows("pairs cut by --seq-len", ["--data", pairs, "--objective", "dpo", "--seq-len", "40"], "pf_cut")
+    add(Case("data check: unknown objective", ["data", "check", pairs, "-m", q, "--objective", "nope"], {2}))
+    add(Case("data check: pairs as sft", ["data", "check", pairs, "-m", q], {1}, mode="report"))
+    add(Case("eval: pairs with -o", ["eval", q, "--data", pairs, "-o", "ev_pairs"], {2}, out="ev_pairs"))
+    add(Case("plan: unknown objective", ["plan", q, "--freeze", "vision", "--objective", "nope"], {2}))
+    add(
+        Case(
+            "plan: simpo-gamma on kto",
+            ["plan", q, "--freeze", "vision", "--objective", "kto", "--simpo-gamma", "1"],
+            {2},
+        )
+    )
     add(Case("usage: unknown command", ["frobnicate"], {2}))
     add(Case("usage: unknown option", ["eval", q, "--data", data, "--frob"], {2}))
     return c
