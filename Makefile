@@ -30,7 +30,8 @@ lint: $(STAMP)
 	$(VENV)/bin/lint-imports
 
 # every family `tiny` lists through finetune → merge --verify → reload, and the probe on every
-# family inspect covers (CI runs it after `test`)
+# family inspect covers, and QLoRA DPO from each peer's preference format on qwen2_vl and llava
+# (CI runs it after `test`)
 sweep: $(STAMP)
 	HF_HUB_OFFLINE=1 HF_HUB_DISABLE_PROGRESS_BARS=1 $(PY) -m pytest -q -m sweep
 

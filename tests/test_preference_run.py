@@ -332,6 +332,7 @@ PEER_PAIRS = {
 }
 
 
+@pytest.mark.sweep  # 6 chains (about 90 s): make sweep, which CI runs after make test
 @pytest.mark.parametrize("family", ["qwen2_vl", "llava"])
 @pytest.mark.parametrize("peer", sorted(PEER_PAIRS))
 def test_qlora_dpo_from_each_peers_format_resumes_merges_and_answers(tiny_models, tmp_path, cli, family, peer):
