@@ -403,3 +403,38 @@ def test_a_kto_label_that_is_not_true_or_false_is_a_bad_row(tiny_models, pairs, 
     args = ["finetune", str(tiny_models("qwen2_vl")), "--data", str(data), "-o", str(tmp_path / "r")]
     code, _, err = cli(*args, "--objective", "kto", "--freeze", "vision", "--batch-size", "2")
     assert code == 2 and "line 5" in err and "'label' must be true or false" in err and err.count("\n") == 1
+
+
+def test_eval_on_pairs_scores_both_answers_by_their_log_probs(dpo_run, tiny_models, pairs, cli, tmp_path):
+    from vlmsurgeon.data.collate import Collator
+    from vlmsurgeon.data.rows import load_dataset_rows
+    from vlmsurgeon.train.preference import PairCollator, answer_logps
+    from vlmsurgeon.use.generation import load_for_inference
+
+    base = tiny_models("qwen2_vl")
+    code, out, err = cli("eval", str(dpo_run), "--compare", str(base), "--data", str(pairs), "--limit", "4", "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert (
+        report["kind"] == "pair" and report["rows"] == 4 and [m["kind"] for m in report["models"]] == ["run", "model"]
+    )
+    rows = report["per_row"]
+    for name in ("model", "compare"):
+        margins = [r["logps"]["chosen"][name] - r["logps"]["rejected"][name] for r in rows]
+        assert report["totals"][name]["accuracy"] == sum(m > 0 for m in margins) / 4
+        assert abs(report["totals"][name]["margin"] - sum(margins) / 4) < 1e-9
+    rewards = [
+        (r["logps"]["chosen"]["model"] - r["logps"]["chosen"]["compare"])
+        - (r["logps"]["rejected"]["model"] - r["logps"]["rejected"]["compare"])
+        for r in rows
+    ]
+    assert report["reward_accuracy"] == sum(x > 0 for x in rewards) / 4
+    # the base's figures are its answers' summed log-probs, as training computes them
+    loaded = load_for_inference(str(base))
+    samples = load_dataset_rows(pairs, kind="pair").samples[:1]
+    with torch.no_grad():
+        expected = answer_logps(loaded.model, PairCollator(Collator(loaded.processor, 1 << 30))(samples), None)
+    assert abs(rows[0]["logps"]["chosen"]["compare"] - expected.sum[0].item()) < 1e-3
+    assert abs(rows[0]["logps"]["rejected"]["compare"] - expected.sum[1].item()) < 1e-3
+    code, _, err = cli("eval", str(dpo_run), "--data", str(pairs), "-o", str(tmp_path / "report"))
+    assert code == 2 and "preference pairs are scored by log-probs" in err and not (tmp_path / "report").exists()

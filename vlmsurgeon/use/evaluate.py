@@ -217,6 +217,25 @@ def _generate(
             on_row(name, done, len(rows))
 
 
+def checked_models(
+    source: str, compare: str | None, base: str | None, trust_remote_code: bool
+) -> tuple[list[Model], dict[str, str | None]]:
+    """SOURCE (and --compare) checked before any of them spends time: the models and the base
+    each loads onto (--base is for a bare adapter: SOURCE's, and --compare's when that is one too)."""
+    from .generation import check_source, source_kind
+
+    models = [Model("model", source)] + ([Model("compare", compare)] if compare else [])
+    bases = {"model": base}
+    check_source(source, base=base, trust_remote_code=trust_remote_code)
+    if compare:
+        try:
+            bases["compare"] = base if source_kind(compare) == "adapter" else None
+            check_source(compare, base=bases["compare"], trust_remote_code=trust_remote_code)
+        except BadInput as exc:
+            raise BadInput(f"--compare {exc.what}", exc.hint) from exc
+    return models, bases
+
+
 def evaluate(
     source: str,
     data: str,
@@ -233,21 +252,13 @@ def evaluate(
     `base` is the base checkpoint of a bare adapter given as `source`."""
     import gc
 
-    from .generation import check_source, load_for_inference, source_kind
+    from .generation import load_for_inference
 
     if limit is not None and limit < 1:
         raise BadInput(f"--limit {limit}: must be at least 1", "e.g. --limit 50")
     # the data and both sources are checked before SOURCE spends its time generating
     rows, skipped = load_rows(data, image_root=image_root, limit=limit)
-    models = [Model("model", source)] + ([Model("compare", compare)] if compare else [])
-    bases = {"model": base}
-    check_source(source, base=base, trust_remote_code=trust_remote_code)
-    if compare:
-        try:  # --base is for a bare adapter: SOURCE's, and --compare's when that is a bare adapter too
-            bases["compare"] = base if source_kind(compare) == "adapter" else None
-            check_source(compare, base=bases["compare"], trust_remote_code=trust_remote_code)
-        except BadInput as exc:
-            raise BadInput(f"--compare {exc.what}", exc.hint) from exc
+    models, bases = checked_models(source, compare, base, trust_remote_code)
     for model in models:
         loaded = load_for_inference(model.source, base=bases[model.name], trust_remote_code=trust_remote_code)
         model.kind = loaded.kind

@@ -15,7 +15,7 @@ from vlmsurgeon.data.preference import PAIR, pair_conversations
 from vlmsurgeon.data.rows import BadRow, Dataset, load_dataset_rows
 from vlmsurgeon.errors import BadInput
 
-from .evaluate import Model, _free_accelerator
+from .evaluate import Model, _free_accelerator, checked_models
 
 
 @dataclass
@@ -130,21 +130,13 @@ def evaluate_pairs(
     on_row: Callable[[str, int, int], None] | None = None,
 ) -> PairEvalResult:
     """Score every pair under `source` (and `compare`), one model in memory at a time."""
-    from .generation import check_source, load_for_inference, source_kind
+    from .generation import load_for_inference
 
     if limit is not None and limit < 1:
         raise BadInput(f"--limit {limit}: must be at least 1", "e.g. --limit 50")
     samples = pairs.samples[:limit] if limit is not None else pairs.samples
     rows = [PairRow(s.line, s.where) for s in samples]
-    models = [Model("model", source)] + ([Model("compare", compare)] if compare else [])
-    bases = {"model": base}
-    check_source(source, base=base, trust_remote_code=trust_remote_code)
-    if compare:
-        try:
-            bases["compare"] = base if source_kind(compare) == "adapter" else None
-            check_source(compare, base=bases["compare"], trust_remote_code=trust_remote_code)
-        except BadInput as exc:
-            raise BadInput(f"--compare {exc.what}", exc.hint) from exc
+    models, bases = checked_models(source, compare, base, trust_remote_code)
     for model in models:
         loaded = load_for_inference(model.source, base=bases[model.name], trust_remote_code=trust_remote_code)
         model.kind = loaded.kind
