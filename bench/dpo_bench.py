@@ -5,7 +5,8 @@ random-weight architecture, each side in its own process.
 
     python bench/dpo_bench.py [--arch qwen2_vl] [--lm-layers N] [--vision-layers N] [--seq-len 1024]
                               [--steps 2] [--warmup 1] [--pairs 4] [--dtype auto] [--heap glibc]
-                              [--trl-trained-dtype auto|trl|fp32] [--lr 2e-4]
+                              [--trl-trained-dtype auto|trl|fp32] [--lr 2e-4] [--first trl]
+                              [--json OUT.json]
 
 The model directory is bench/memory_bench.py's (its published widths laid over the tiny family's
 config, tokenizer and processor, random weights as safetensors, cached in --cache). The pairs are
@@ -501,6 +502,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cache", type=Path, default=Path("/tmp/vlms-bench"))
     parser.add_argument("--heap", choices=("live", "glibc"), default="glibc", help="as in memory_bench.py")
     parser.add_argument("--json", type=Path, help="also write both sides' raw results here")
+    parser.add_argument(
+        "--first", choices=("trl", "vlmsurgeon"), default="trl", help="which side runs first (the other waits)"
+    )
     parser.add_argument("--side", choices=("vlmsurgeon", "trl"), help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
@@ -534,10 +538,12 @@ def main() -> None:
         f"vision {args.vision_layers} of {arch.vision_layers} layers, --freeze vision, DPO (beta 0.1, sigmoid), "
         f"batch 1 pair = 2 sequences of {args.seq_len} tokens, one {arch.image}px image per pair; dtype {args.dtype}; "
         f"TRL trained params {args.trl_trained_dtype}; {args.warmup} warm-up + {args.steps} timed step(s); "
-        f"heap {args.heap}; load average {' '.join(Path('/proc/loadavg').read_text().split()[:3])}",
+        f"heap {args.heap}; {args.first} first; load average {' '.join(Path('/proc/loadavg').read_text().split()[:3])}",
         flush=True,
     )
-    sides = {side: measure(side, model, data, args) for side in ("trl", "vlmsurgeon")}
+    order = ("trl", "vlmsurgeon") if args.first == "trl" else ("vlmsurgeon", "trl")
+    measured = {side: measure(side, model, data, args) for side in order}
+    sides = {side: measured[side] for side in ("trl", "vlmsurgeon")}
     print(same_tokens(sides, args))
     key = "peak_cuda_mib" if "peak_cuda_mib" in sides["trl"] else "peak_rss_mib"
     for side, r in sides.items():
