@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 LATEST := .venv-latest
 
-.PHONY: setup test lint sweep demo demo-dpo bench clean lock test-latest
+.PHONY: setup test lint sweep demo demo-dpo demo-grpo bench clean lock test-latest
 
 # the tested set: every package at the version constraints.txt pins
 $(STAMP): pyproject.toml constraints.txt
@@ -69,6 +69,17 @@ demo-dpo: $(STAMP)
 	# does the DPO export prefer the true caption over the SFT model's mistakes on held-out images?
 	$(VENV)/bin/vlmsurgeon eval demo-out/dpo-merged --compare demo-out/merged \
 		--data demo-out/shapes/sft_eval_pairs.jsonl
+
+# after `make demo`: GRPO from the SFT run on one-word colour questions, then the rewards on held-out images
+demo-grpo: $(STAMP)
+	test -f demo-out/run/vlmsurgeon.json -a -d demo-out/merged || $(MAKE) demo
+	rm -rf demo-out/grpo demo-out/grpo-merged
+	$(VENV)/bin/vlmsurgeon finetune --config examples/vlmsurgeon-grpo.yaml --freeze vision
+	$(VENV)/bin/vlmsurgeon merge demo-out/grpo -o demo-out/grpo-merged --verify
+	# do the GRPO export's greedy answers name the colour more often than the SFT model's?
+	$(VENV)/bin/vlmsurgeon eval demo-out/grpo-merged --compare demo-out/merged \
+		--data demo-out/shapes/eval_grpo.jsonl --max-new-tokens 16 \
+		--reward examples/shapes_rewards.py:colour --reward exact
 
 # the newest versions pyproject.toml allows, in a venv of their own, to find drift early: prints
 # what differs from constraints.txt, then runs the tests

@@ -10,6 +10,8 @@ never saw (a lighter or darker shade, an off-white background, the shape moved a
 (pairs.jsonl, eval_pairs.jsonl: prompt / chosen / rejected / images): the true caption chosen, the
 same colour with the next shape rejected, for `finetune --objective dpo`; and the same answers
 unpaired with a good/bad label (kto.jsonl: TRL's prompt / completion / label) for `--objective kto`.
+And prompts for `--objective grpo` in ms-swift's GRPO shape (grpo.jsonl, eval_grpo.jsonl: messages /
+images / solution): the colour asked in one word, the colour word the `solution` a reward checks.
 Deterministic; no downloads."""
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ HELD_OUT = (
     (15, (250, 245, 235), -1, -3),
 )
 PROMPT = "What is in the picture?"
+COLOUR_PROMPT = "What colour is the shape? Answer in one word."
 
 
 def draw(
@@ -80,6 +83,12 @@ def pair(name: str, colour: str, shape: str) -> dict:
     }
 
 
+def prompt(name: str, colour: str) -> dict:
+    """ms-swift's GRPO row: the prompt alone (the model writes the answers), the image placed
+    before its text, and the `solution` the reward compares them with."""
+    return {"messages": [{"role": "user", "content": COLOUR_PROMPT}], "images": [name], "solution": colour}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path)
@@ -87,7 +96,7 @@ def main() -> None:
     args = parser.parse_args()
     (args.out / "img").mkdir(parents=True, exist_ok=True)
     (args.out / "eval").mkdir(parents=True, exist_ok=True)
-    rows, held_out, pairs, held_out_pairs = [], [], [], []
+    rows, held_out, pairs, held_out_pairs, prompts, held_out_prompts = [], [], [], [], [], []
     for c, (colour, rgb) in enumerate(COLOURS.items()):
         for s, shape in enumerate(SHAPES):
             answer = f"A {colour} {shape}."
@@ -95,6 +104,7 @@ def main() -> None:
             draw(shape, rgb).save(args.out / name)
             rows.append(row(name, answer, args.format))
             pairs.append(pair(name, colour, shape))
+            prompts.append(prompt(name, colour))
             shift, background, dx, dy = HELD_OUT[(c + s) % len(HELD_OUT)]
             name = f"eval/{colour}_{shape}.png"
             draw(shape, tuple(min(255, max(0, v + shift)) for v in rgb), background=background, dx=dx, dy=dy).save(
@@ -102,6 +112,7 @@ def main() -> None:
             )
             held_out.append(row(name, answer, args.format))
             held_out_pairs.append(pair(name, colour, shape))
+            held_out_prompts.append(prompt(name, colour))
     (args.out / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (args.out / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in held_out))
     (args.out / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in pairs))
@@ -112,8 +123,10 @@ def main() -> None:
         for side in ("chosen", "rejected")
     ]
     (args.out / "kto.jsonl").write_text("".join(json.dumps(r) + "\n" for r in labelled))
-    for name in ("train.jsonl", "eval.jsonl", "pairs.jsonl", "eval_pairs.jsonl", "kto.jsonl"):
-        print(args.out / name)
+    (args.out / "grpo.jsonl").write_text("".join(json.dumps(r) + "\n" for r in prompts))
+    (args.out / "eval_grpo.jsonl").write_text("".join(json.dumps(r) + "\n" for r in held_out_prompts))
+    for name in ("train", "eval", "pairs", "eval_pairs", "kto", "grpo", "eval_grpo"):
+        print(args.out / f"{name}.jsonl")
 
 
 if __name__ == "__main__":

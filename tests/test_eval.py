@@ -249,7 +249,8 @@ def test_bad_input_exits_2_before_loading(cli, monkeypatch, tmp_path, picture_da
     only_bad = write_jsonl(tmp_path / "bad.jsonl", [{"messages": [{"role": "user", "content": "Hi"}]}])
     code, _, err = cli("eval", "base", "--data", only_bad)
     assert code == 2 and err.count("\n") == 1
-    assert "no row to evaluate (1 row(s) skipped: line 1: no assistant turn)" in err and "(try:" in err
+    assert "no row to evaluate: 1 of 1 row(s) are prompts with no answer to compare with (first: line 1)" in err
+    assert "(try: score the answers with --reward" in err
     (tmp_path / "empty.jsonl").write_text("")
     code, _, err = cli("eval", "base", "--data", tmp_path / "empty.jsonl")
     assert code == 2 and err.startswith("vlmsurgeon: error:") and err.count("\n") == 1

@@ -139,6 +139,10 @@ FROM_RUN_OPTIONS = {
 
 
 SCALE_OUT = {"plan": ("--strategy", "--gpu-memory")}
+# grpo's knobs are None in RunOptions (a knob the objective does not read is refused): the values a
+# grpo run takes are plan's GRPO_DEFAULTS, kept equal to train's by tests/test_plan_objective.py
+GRPO_FLAGS = ("--num-generations", "--max-completion-length", "--temperature", "--epsilon", "--loss-type")
+GRPO_FLAGS += ("--importance-sampling", "--completions-every")
 
 
 @pytest.mark.parametrize("command", sorted(FROM_RUN_OPTIONS))
@@ -148,7 +152,12 @@ def test_stated_defaults_are_the_ones_used(command):
         name: re.search(r"\[default: ([^\]]+)\]", row).group(1) for name, row in rows.items() if "[default: " in row
     }
     expected = FROM_RUN_OPTIONS[command]
-    assert set(shown) == set(expected) | set(SCALE_OUT.get(command, ()))
+    assert set(shown) == set(expected) | set(SCALE_OUT.get(command, ())) | set(GRPO_FLAGS)
+    from vlmsurgeon.plan.objective import GRPO_DEFAULTS
+
+    for flag in GRPO_FLAGS:
+        real = GRPO_DEFAULTS[flag[2:].replace("-", "_")]
+        assert (float(shown[flag]) == real) if isinstance(real, (int, float)) else shown[flag] == real, flag
     for flag, field in expected.items():
         real = RunOptions.model_fields[field].default
         assert (float(shown[flag]) == real) if isinstance(real, (int, float)) else shown[flag] == real, flag

@@ -414,7 +414,7 @@ def test_default_knobs_are_trl_config_defaults() -> None:
 
 
 def test_objective_sets() -> None:
-    assert OBJECTIVES == ("sft", "dpo", "ipo", "orpo", "simpo", "kto")
+    assert OBJECTIVES == ("sft", "dpo", "ipo", "orpo", "simpo", "kto", "grpo")
     assert PAIRED == {"dpo", "ipo", "orpo", "simpo"}
     assert REFERENCE == {"dpo", "ipo", "kto"}
 

@@ -12,7 +12,17 @@ import pytest
 from tests.conftest import ROOT
 from vlmsurgeon.errors import BadInput
 from vlmsurgeon.plan.memory import Estimate
-from vlmsurgeon.plan.objective import KNOBS, OBJECTIVES, PAIRED, REFERENCE, Objective, objective
+from vlmsurgeon.plan.objective import (
+    GRPO_DEFAULTS,
+    KNOBS,
+    OBJECTIVES,
+    PAIRED,
+    REFERENCE,
+    RULES,
+    ZERO_BETA,
+    Objective,
+    objective,
+)
 from vlmsurgeon.plan.plan import PlanSettings, plan_model
 
 MODEL = ROOT / "examples" / "qwen3-vl-235b-a22b"
@@ -50,6 +60,51 @@ def test_plan_knows_the_objectives_finetune_trains():
     assert PAIRED == objectives.PAIRED and REFERENCE == objectives.REFERENCE
     assert KNOBS == runconfig.KNOBS
     assert set(OBJECTIVES) == set(runconfig.RunOptions.model_fields["objective"].annotation.__args__)
+
+
+def _bound(least: float, inclusive: bool, whole: bool) -> tuple[float, bool]:
+    """A numeric bound in one form: for whole numbers, the least allowed (> 0 is >= 1)."""
+    return (least + 1, True) if whole and not inclusive else (least, inclusive)
+
+
+def test_plan_takes_each_knob_as_finetune_does():
+    """Bounds, words and grpo's defaults: plan's RULES and GRPO_DEFAULTS against RunOptions' fields
+    and the knobs a grpo run records (train/grpo.py grpo_record)."""
+    import typing
+
+    import annotated_types as at
+
+    from vlmsurgeon.train.grpo import grpo_record
+    from vlmsurgeon.train.runconfig import RunOptions
+
+    for knob, rule in RULES.items():
+        field = RunOptions.model_fields[knob]
+        kind = typing.get_args(field.annotation)[0]  # X of `X | None`
+        if rule.words:
+            assert typing.get_args(kind) == rule.words, knob
+            continue
+        if rule.listed:
+            assert kind == list[str], knob
+            continue
+        assert kind is (int if rule.whole else float), knob
+        (bound,) = field.metadata
+        inclusive = isinstance(bound, at.Ge)
+        theirs = _bound(bound.ge if inclusive else bound.gt, inclusive, rule.whole)
+        ours = _bound(rule.least, rule.or_equal, rule.whole)
+        if knob == "beta":  # >= 0 in the field, > 0 in the validator but for grpo (ZERO_BETA)
+            assert (theirs, ours) == ((0, True), (0, False)), knob
+        else:
+            assert theirs == ours, knob
+    for name in KNOBS["beta"]:
+        try:
+            RunOptions(objective=name, beta=0, reward=["exact"] if name == "grpo" else None)
+            takes_zero = True
+        except ValueError:
+            takes_zero = False
+        assert takes_zero == (name in ZERO_BETA), name
+    recorded = grpo_record(RunOptions(objective="grpo", reward=["exact"]))
+    assert {k: v for k, v in recorded.items() if k != "reward"} == GRPO_DEFAULTS
+    assert objective("grpo").knobs == GRPO_DEFAULTS
 
 
 def test_sft_by_hand(planned):
@@ -169,7 +224,7 @@ def test_the_objective_can_come_from_the_config_file(cli, tmp_path):
     [
         (["--objective", "nope"], "objective"),
         (["--objective", "dpo", "--simpo-gamma", "1"], "simpo_gamma applies to objective simpo, not dpo"),
-        (["--beta", "0.2"], "beta applies to objective dpo or ipo or orpo or simpo or kto, not sft"),
+        (["--beta", "0.2"], "beta applies to objective dpo or ipo or orpo or simpo or kto or grpo, not sft"),
         (["--objective", "orpo", "--desirable-weight", "2"], "desirable_weight applies to objective kto, not orpo"),
         (["--objective", "dpo", "--beta", "0"], "beta"),
     ],
@@ -204,8 +259,9 @@ def test_a_budget_entry_checks_its_memory_limit_for_the_objective(cli, tmp_path,
     [
         ("    objective: nope\n", "models.0.objective: unknown objective 'nope' (one of sft, dpo, ipo, orpo, simpo"),
         ("    objective: dpo\n    simpo_gamma: 1\n", "models.0: simpo_gamma applies to objective simpo, not dpo"),
-        ("    beta: 0.1\n", "models.0: beta applies to objective dpo or ipo or orpo or simpo or kto, not sft"),
-        ("    objective: kto\n    beta: -1\n", "models.0.beta: Input should be greater than 0"),
+        ("    beta: 0.1\n", "models.0: beta applies to objective dpo or ipo or orpo or simpo or kto or grpo, not sft"),
+        ("    objective: kto\n    beta: -1\n", "models.0.beta: Input should be greater than or equal to 0"),
+        ("    objective: kto\n    beta: 0\n", "models.0: beta 0.0: must be a number > 0 (e.g. beta 0.1)"),
         ("    objective: dpo\n    gamma: 1\n", "models.0.gamma: Extra inputs are not permitted"),
     ],
 )

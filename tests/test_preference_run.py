@@ -181,7 +181,7 @@ def test_resume_with_another_beta_or_objective_is_refused(dpo_run, tiny_models, 
     "flags, says",
     [
         (["--objective", "dpo", "--simpo-gamma", "1"], "simpo_gamma applies to objective simpo, not dpo"),
-        (["--beta", "0.2"], "beta applies to objective dpo or ipo or orpo or simpo or kto, not sft"),
+        (["--beta", "0.2"], "beta applies to objective dpo or ipo or orpo or simpo or kto or grpo, not sft"),
         (["--objective", "dpo", "--beta", "0"], "beta"),
         (["--objective", "nope"], "objective"),
     ],

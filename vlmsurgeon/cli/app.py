@@ -16,7 +16,7 @@ import typer
 from vlmsurgeon import __version__
 from vlmsurgeon.errors import VlmSurgeonError, offer_settings, withdraw_settings
 
-from .options import OBJECTIVE, REVISION_HELP, _default
+from .options import GRPO, OBJECTIVE, REVISION_HELP, _default
 from .ship import register as _register_ship
 from .train import register as _register_train
 from .use import TRUST_HELP
@@ -136,6 +136,14 @@ def plan(
     simpo_gamma: float | None = OBJECTIVE["simpo_gamma"],
     desirable_weight: float | None = OBJECTIVE["desirable_weight"],
     undesirable_weight: float | None = OBJECTIVE["undesirable_weight"],
+    num_generations: int | None = GRPO["num_generations"],
+    max_completion_length: int | None = GRPO["max_completion_length"],
+    temperature: float | None = GRPO["temperature"],
+    epsilon: float | None = GRPO["epsilon"],
+    loss_type: str | None = GRPO["loss_type"],
+    importance_sampling: str | None = GRPO["importance_sampling"],
+    reward: list[str] | None = GRPO["reward"],
+    completions_every: int | None = GRPO["completions_every"],
     config: Path | None = typer.Option(None, "--config", "-c", help="RUN.yaml with any of these options."),
     as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON only."),
     probe: bool = typer.Option(
@@ -163,6 +171,7 @@ def plan(
     from vlmsurgeon.plan.memory import scale_request
     from vlmsurgeon.plan.objective import objective as plan_objective
     from vlmsurgeon.plan.plan import PlanSettings, plan_model
+    from vlmsurgeon.train.grpo import grpo_record
     from vlmsurgeon.train.preference import resolved_knobs
     from vlmsurgeon.train.runconfig import merge_options
 
@@ -185,6 +194,14 @@ def plan(
         simpo_gamma=simpo_gamma,
         desirable_weight=desirable_weight,
         undesirable_weight=undesirable_weight,
+        num_generations=num_generations,
+        max_completion_length=max_completion_length,
+        temperature=temperature,
+        epsilon=epsilon,
+        loss_type=loss_type,
+        importance_sampling=importance_sampling,
+        reward=reward or None,
+        completions_every=completions_every,
     )
     scale = scale_request(gpus, strategy, gpu_memory)
     probe = probe or opts.probe
@@ -201,7 +218,10 @@ def plan(
         opts.gradient_checkpointing,
         max_pixels=from_pixels,
         chunked_loss=opts.chunked_loss,
-        objective=plan_objective(opts.objective, resolved_knobs(opts)),  # the knobs finetune would use
+        # the knobs finetune would use
+        objective=plan_objective(
+            opts.objective, grpo_record(opts) if opts.objective == "grpo" else resolved_knobs(opts)
+        ),
     )
     result = plan_model(
         opts.require_model(),

@@ -28,9 +28,12 @@ OBJECTIVE = {
     "objective": typer.Option(
         None,
         "--objective",
-        help="sft, or preference training on pairs: dpo, ipo, orpo, simpo (kto: labelled rows)." + _default("sft"),
+        help="sft; preference training on pairs: dpo, ipo, orpo, simpo (kto: labelled rows); grpo: RL on prompts "
+        "with --reward." + _default("sft"),
     ),
-    "beta": typer.Option(None, "--beta", help="β of the preference loss (TRL's value for the objective unless set)."),
+    "beta": typer.Option(
+        None, "--beta", help="β of the preference loss, or grpo's KL weight (TRL's value for the objective unless set)."
+    ),
     "simpo_gamma": typer.Option(None, "--simpo-gamma", help="SimPO's target reward margin γ."),
     "desirable_weight": typer.Option(None, "--desirable-weight", help="KTO: weight of desirable rows."),
     "undesirable_weight": typer.Option(None, "--undesirable-weight", help="KTO: weight of undesirable rows."),
@@ -39,5 +42,31 @@ OBJECTIVE = {
     ),
     "precompute_ref": typer.Option(
         False, "--precompute-ref", help="dpo/ipo: the reference's log-probs once before training, not each step."
+    ),
+}
+
+# grpo's knobs (TRL GRPOConfig's names and defaults; train/objectives.py GrpoKnobs)
+GRPO = {
+    "num_generations": typer.Option(
+        None, "--num-generations", help="grpo: answers sampled per prompt (G)." + _default("8")
+    ),
+    "max_completion_length": typer.Option(
+        None, "--max-completion-length", help="grpo: the longest answer sampled, in tokens." + _default("512")
+    ),
+    "temperature": typer.Option(None, "--temperature", help="grpo: sampling temperature." + _default("1.0")),
+    "epsilon": typer.Option(None, "--epsilon", help="grpo: the clip range of the importance ratio." + _default("0.2")),
+    "loss_type": typer.Option(None, "--loss-type", help="grpo: grpo, dr_grpo or dapo (TRL's)." + _default("dapo")),
+    "importance_sampling": typer.Option(
+        None, "--importance-sampling", help="grpo: token, or sequence (GSPO)." + _default("token")
+    ),
+    "reward": typer.Option(
+        None,
+        "--reward",
+        help="grpo: a reward, repeatable: exact, choice, numeric, format, iou, or FILE.py:FUNCTION; =WEIGHT after it.",
+    ),
+    "completions_every": typer.Option(
+        None,
+        "--completions-every",
+        help="grpo: write step 1's and every N-th step's answers to RUN/completions.jsonl." + _default("10"),
     ),
 }

@@ -269,6 +269,8 @@ def memory_table(result: Any) -> Table:
     batch = f"batch {s.batch_size}"
     if objective.paired:  # the policy runs chosen and rejected: 2 sequences a pair
         batch = f"batch {s.batch_size} pair(s) = {objective.sequences(s.batch_size)} sequences"
+    if objective.generates:  # grpo: G completions per prompt
+        batch = f"batch {s.batch_size} prompt(s) × {objective.group} = {objective.sequences(s.batch_size)} sequences"
     table = Table(
         title=f"training memory estimate · {batch} × seq {s.seq_len}, {s.image_tokens} image tokens/sample",
         title_justify="left",
@@ -287,14 +289,30 @@ def memory_table(result: Any) -> Table:
     if objective.reference:
         rows.insert(4, ("reference: frozen copies of full parts", m.reference_copies))
         rows.append(("reference forward, no graph (before the policy's) ²", m.no_grad_forward))
+    if objective.generates:
+        rows.append(("generation: KV cache, every sequence at full length", m.kv_cache))
+        rows.append(("generation phase, no graph: its largest moment ³", m.generation))
     for label, value in rows:
         table.add_row(label, human(value, "B"))
     larger = "¹: the larger counts" + ("; ² if above inputs + ¹" if objective.reference else "")
+    larger += "; ³ if above the rest" if objective.generates else ""
     table.add_row(f"[bold]total, checkpointing on[/bold] ({larger})", f"[bold]{human(m.total, 'B')}[/bold]")
     table.add_row("activations kept (checkpointing off)", human(m.activations_no_ckpt, "B"))
     table.add_row("one layer's backward (no recompute) ¹", human(m.backward_no_ckpt, "B"))
     table.add_row("[bold]total, checkpointing off[/bold]", f"[bold]{human(m.total_no_ckpt, 'B')}[/bold]")
     return table
+
+
+def phases_line(m: Any) -> str:
+    """grpo: which phase sets the step's peak, with both figures (checkpointing on)."""
+    generation, training = m.state + m.generation, m.state + m.training(True)
+    phase = m.peak_phase(True)
+    other = "training" if phase == "generation" else "generation"
+    figures = {"generation": generation, "training": training}
+    return (
+        f"peak: the {phase} phase, {human(figures[phase], 'B')} (the {other} phase: "
+        f"{human(figures[other], 'B')}; KV cache {human(m.kv_cache, 'B')})"
+    )
 
 
 def print_plan(result: Any, console: Console | None = None) -> None:
@@ -304,6 +322,8 @@ def print_plan(result: Any, console: Console | None = None) -> None:
     if objective.name != "sft":
         console.print(f"objective: {escape(objective.describe(result.settings.batch_size))}")
     console.print(memory_table(result))
+    if objective.generates:
+        console.print(phases_line(result.memory))
     if result.scale_out is not None:
         console.print(f"scale-out: {escape(result.scale_out.describe())}")
     for note in result.notes:
@@ -466,6 +486,15 @@ def print_data_report(report: Any, console: Console | None = None) -> None:
         for part, stats in preference["tokens"].items():
             parts.add_row(part, *(f"{stats[k]:,}" for k in ("p50", "p95", "max")))
         console.print(parts)
+    prompts = report.prompts()
+    if prompts is not None:
+        lengths = prompts["tokens"]["prompt"]
+        columns = ", ".join(f"{k} ({n})" for k, n in prompts["columns"].items()) or "none"
+        console.print(
+            f"{prompts['prompts']} prompt(s): {lengths['p50']:,} tokens p50, {lengths['max']:,} max, each with room "
+            f"for --max-completion-length {prompts['completion_tokens']:,}; columns for the rewards: {columns}",
+            soft_wrap=True,
+        )
     console.print(f"truncated: {report.truncated} · over the limit: {len(report.over_limit)} · bad: {len(report.bad)}")
     for row in [*report.over_limit, *report.bad][:20]:
         console.print(f"  {escape(str(row))}", soft_wrap=True)
@@ -499,6 +528,39 @@ def print_pair_eval(result: Any, console: Console | None = None) -> None:
     reward = result.reward_accuracy()
     if reward is not None:
         console.print(f"implicit reward accuracy (model, with compare as its reference): {reward:.3f}")
+
+
+def print_prompt_eval(result: Any, console: Console | None = None) -> None:
+    """`eval --reward`: per model each reward's mean (over the rows it applies to) and the mean
+    weighted total; with --compare, the delta; then where a reward skipped rows (None)."""
+    from vlmsurgeon.use.prompt_eval import TOTAL, mean_key
+
+    console = console or make_console()
+    table = Table(
+        title=f"{escape(result.data)}: {len(result.rows)} prompt(s), {len(result.skipped)} skipped",
+        title_justify="left",
+    )
+    table.add_column("model")
+    keys = [mean_key(r.name) for r in result.rewards] + [TOTAL]
+    for r in result.rewards:
+        table.add_column(escape(r.name if r.weight == 1 else f"{r.name} ×{r.weight:g}"), justify="right")
+    table.add_column("reward (weighted)", justify="right")
+    totals, delta = result.totals(), result.delta()
+    for model in result.models:
+        table.add_row(escape(f"{model.name}: {model.source}"), *(f"{totals[model.name][k]:.3f}" for k in keys))
+    if delta is not None:
+        table.add_row("[bold]delta (model − compare)[/bold]", *(f"[bold]{delta[k]:+.3f}[/bold]" for k in keys))
+    console.print(table)
+    rows, applied = len(result.rows), result.applied()
+    for r in result.rewards:
+        counts = {model: counts[r.name] for model, counts in applied.items()}
+        same = len(set(counts.values())) == 1  # a built-in's rows are the solution's: the same for every model
+        for model, count in counts.items():
+            if count < rows:
+                who = r.name if same else f"{r.name} ({model})"
+                console.print(escape(f"{who}: applies to {count} of {rows} prompt(s); its mean is over those"))
+            if same:
+                break
 
 
 def print_eval(result: Any, report: Any = None, console: Console | None = None) -> None:

@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from .options import MEDIA, OBJECTIVE, _default
+from .options import GRPO, MEDIA, OBJECTIVE, _default
 from .use import TRUST_HELP
 from .use import quiet_libraries as _quiet_libraries
 
@@ -77,6 +77,14 @@ def finetune(
     undesirable_weight: float | None = OBJECTIVE["undesirable_weight"],
     from_run: str | None = OBJECTIVE["from_run"],
     precompute_ref: bool = OBJECTIVE["precompute_ref"],
+    num_generations: int | None = GRPO["num_generations"],
+    max_completion_length: int | None = GRPO["max_completion_length"],
+    temperature: float | None = GRPO["temperature"],
+    epsilon: float | None = GRPO["epsilon"],
+    loss_type: str | None = GRPO["loss_type"],
+    importance_sampling: str | None = GRPO["importance_sampling"],
+    reward: list[str] | None = GRPO["reward"],
+    completions_every: int | None = GRPO["completions_every"],
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help=TRUST_HELP),
 ) -> None:
     """QLoRA fine-tuning: 4-bit NF4 base, LoRA and full components from the preset, checkpoints, resume."""
@@ -125,6 +133,14 @@ def finetune(
         undesirable_weight=undesirable_weight,
         from_run=from_run,
         precompute_ref=precompute_ref or None,
+        num_generations=num_generations,
+        max_completion_length=max_completion_length,
+        temperature=temperature,
+        epsilon=epsilon,
+        loss_type=loss_type,
+        importance_sampling=importance_sampling,
+        reward=reward or None,
+        completions_every=completions_every,
     )
     result = run(opts, resume=resume, resume_changed=resume_changed, trust_remote_code=trust_remote_code)
     if not result.main_process:
@@ -148,6 +164,8 @@ def data_check(
     video_frames: int | None = MEDIA["video_frames"],
     video_fps: float | None = MEDIA["video_fps"],
     objective: str | None = OBJECTIVE["objective"],
+    max_completion_length: int | None = GRPO["max_completion_length"],
+    reward: list[str] | None = GRPO["reward"],
     as_json: bool = typer.Option(False, "--json", help="Print the report as one JSON object."),
 ) -> None:
     """What finetune's validation finds, without training: rows per format, media, token lengths, bad rows."""
@@ -163,7 +181,19 @@ def data_check(
 
     from .render import print_data_report, print_json
 
+    grpo = objective == "grpo"
+    if not grpo and (reward or max_completion_length is not None):
+        raise BadInput(
+            "data check: --max-completion-length and --reward apply to --objective grpo",
+            "pass --objective grpo, or leave them out",
+        )
+    if max_completion_length is not None and max_completion_length < 1:
+        raise BadInput(
+            f"data check: --max-completion-length {max_completion_length}: must be at least 1",
+            "see vlmsurgeon data check --help",
+        )
     try:
+        # grpo's own knobs are checked here, not by RunOptions: a data check runs without --reward
         opts = RunOptions(
             model=model,
             seq_len=seq_len,
@@ -173,7 +203,7 @@ def data_check(
             image_size=image_size,
             video_frames=video_frames,
             video_fps=video_fps,
-            **({"objective": objective} if objective else {}),
+            **({"objective": objective} if objective and not grpo else {}),
         )
     except ValidationError as exc:
         raise BadInput(
@@ -181,10 +211,17 @@ def data_check(
             + "; ".join(f"--{'.'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}" for e in exc.errors()),
             "see vlmsurgeon data check --help",
         ) from exc
-    rows = load_dataset_rows(data, image_root=image_root, kind=ROW_KIND[opts.objective])
+    prompts: dict[str, Any] = {}
+    if grpo:  # each prompt leaves room for the longest answer; each row holds what its rewards read
+        from vlmsurgeon.train.objectives import GrpoKnobs
+        from vlmsurgeon.use.rewards import parse_rewards
+
+        prompts["completion_tokens"] = max_completion_length or GrpoKnobs().max_completion_length
+        prompts["required_columns"] = {r.name: r.columns for r in parse_rewards(reward or [])}
+    rows = load_dataset_rows(data, image_root=image_root, kind=ROW_KIND["grpo" if grpo else opts.objective])
     load_source(resolve(model))  # a missing or uncached model is named here, not by the processor loader
     processor, pixels = load_processor(model, opts)
-    report, _ = check_rows(rows, make_collator(processor, opts))
+    report, _ = check_rows(rows, make_collator(processor, opts), **prompts)
     report.processor = pixels
     if as_json:
         print_json(report.to_json())

@@ -133,10 +133,16 @@ def eval_(
     ),
     image_root: str | None = typer.Option(None, "--image-root", help="Folder that relative media paths start from."),
     as_json: bool = typer.Option(False, "--json", help="Print totals and per-row results as one JSON object."),
+    reward: list[str] = typer.Option(
+        [],
+        "--reward",
+        help="Score the answers to prompt rows (repeat): exact, choice, numeric, format, iou or FILE.py:FUNCTION, "
+        "each with an optional =WEIGHT.",
+    ),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help=TRUST_HELP),
 ) -> None:
     """Generation metrics (exact match, token F1, ROUGE-L) on a dataset; on preference pairs, preference
-    accuracy and margin from log-probs; with --compare, before/after."""
+    accuracy and margin from log-probs; on prompt rows, the --reward functions; with --compare, before/after."""
     quiet_libraries()
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # a loading bar per model is noise here
     from vlmsurgeon.use.evaluate import evaluate
@@ -144,6 +150,9 @@ def eval_(
 
     from .render import make_console, print_eval, print_json, print_pair_eval
 
+    if reward:
+        options = (compare, base, max_new_tokens, limit, out, image_root, as_json, trust_remote_code)
+        return _eval_prompts(source, data, reward, *options)
     pairs = read_pairs(data, image_root=image_root)
     if pairs is not None and out is not None:
         from vlmsurgeon.errors import BadInput
@@ -197,6 +206,61 @@ def eval_(
         print_json(result.to_json())
     else:
         print_eval(result, report=out)
+    for row in result.skipped:
+        print(f"vlmsurgeon: warning: eval: skipped {row}", file=sys.stderr)
+
+
+def _eval_prompts(
+    source: str,
+    data: str,
+    specs: list[str],
+    compare: str | None,
+    base: str | None,
+    max_new_tokens: int,
+    limit: int | None,
+    out: Path | None,
+    image_root: str | None,
+    as_json: bool,
+    trust_remote_code: bool,
+) -> None:
+    """`eval --reward`: prompt rows answered and scored by reward functions."""
+    from vlmsurgeon.errors import BadInput
+    from vlmsurgeon.use.preference import read_pairs
+    from vlmsurgeon.use.prompt_eval import evaluate_prompts
+    from vlmsurgeon.use.rewards import parse_rewards
+
+    from .render import make_console, print_json, print_prompt_eval
+
+    rewards = parse_rewards(specs)  # the user's files load, and their functions exist, before any model
+    if out is not None:
+        raise BadInput(
+            "eval -o: the report folder is for answers compared with a reference; --reward scores prompt rows",
+            "drop -o and pass --json for every answer with its rewards",
+        )
+    if read_pairs(data, image_root=image_root) is not None:
+        raise BadInput(
+            f"eval --reward: {data} holds preference pairs, which eval scores by log-probs, not by rewards",
+            "drop --reward to score the pairs, or give prompt rows (a user turn and a 'solution' column)",
+        )
+    progress = make_console(stderr=True)
+
+    def on_row(name: str, done: int, total: int) -> None:
+        if done == total or done % 10 == 0:
+            progress.print(f"eval: {name}: {done}/{total} prompt(s) answered")
+
+    result = evaluate_prompts(
+        source,
+        data,
+        rewards,
+        compare=compare,
+        base=base,
+        max_new_tokens=max_new_tokens,
+        limit=limit,
+        image_root=image_root,
+        trust_remote_code=trust_remote_code,
+        on_row=on_row,
+    )
+    print_json(result.to_json()) if as_json else print_prompt_eval(result)
     for row in result.skipped:
         print(f"vlmsurgeon: warning: eval: skipped {row}", file=sys.stderr)
 

@@ -3,7 +3,9 @@ weight is loaded. A row whose image/video tokens do not fit `--seq-len`, or whos
 all be cut, is a bad row found here (with its row, token count and the limit); rows cut only in
 text after their media are counted as truncated. A preference pair is measured twice, its chosen
 and its rejected conversation; a pair or KTO row is never cut: an answer scored in part is not
-the answer that was judged, so a side past the limit is a bad row, naming the side."""
+the answer that was judged, so a side past the limit is a bad row, naming the side. A GRPO
+prompt is measured as it is asked (with the generation prompt): it and the longest answer
+sampled must fit, and every column a reward reads must be there."""
 
 from __future__ import annotations
 
@@ -16,7 +18,8 @@ from typing import Any
 from vlmsurgeon.errors import BadInput
 
 from .collate import pixel_budgeted_part, size_of
-from .preference import PAIR, SAME_ANSWER, SFT, pair_conversations
+from .preference import LABEL, PAIR, SAME_ANSWER, SFT, pair_conversations
+from .prompts import PROMPT, length_problem, missing_columns
 from .rows import BadRow, Dataset, Sample
 
 
@@ -46,6 +49,9 @@ class DataReport:
     desirable: int = 0  # KTO rows labelled true
     undesirable: int = 0  # KTO rows labelled false
     preference_tokens: dict[str, list[int]] = field(default_factory=dict)
+    # Prompt rows only (grpo): `tokens` are the prompts', with the generation prompt
+    completion_tokens: int = 0  # --max-completion-length: what each prompt must leave room for
+    columns: dict[str, int] = field(default_factory=dict)  # usable rows with each column the rewards may read
 
     @property
     def skipped(self) -> int:
@@ -58,8 +64,8 @@ class DataReport:
         return {part: _percentiles(values) for part, values in self.preference_tokens.items()}
 
     def preference(self) -> dict[str, Any] | None:
-        """The preference figures as `to_json` and `record` give them (None for SFT data)."""
-        if self.row_kind == SFT:
+        """The preference figures as `to_json` and `record` give them (None for other data)."""
+        if self.row_kind not in (PAIR, LABEL):
             return None
         if self.row_kind == PAIR:
             return {"kind": PAIR, "pairs": self.pairs, "identical": self.identical, "tokens": self.preference_stats()}
@@ -69,6 +75,25 @@ class DataReport:
             "undesirable": self.undesirable,
             "tokens": self.preference_stats(),
         }
+
+    def prompts(self) -> dict[str, Any] | None:
+        """The prompt figures (None for other data): prompts, the room kept for each answer, the
+        columns present with their counts, prompt token lengths."""
+        if self.row_kind != PROMPT:
+            return None
+        return {
+            "kind": PROMPT,
+            "prompts": self.rows,
+            "completion_tokens": self.completion_tokens,
+            "columns": dict(sorted(self.columns.items())),
+            "tokens": {"prompt": _percentiles(self.tokens.get("total", []))},
+        }
+
+    def figures(self) -> dict[str, Any]:
+        """The objective's own figures, keyed as `to_json` and `record` give them."""
+        if self.row_kind == PROMPT:
+            return {"prompts": self.prompts()}
+        return {"preference": self.preference()} if self.row_kind != SFT else {}
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -86,7 +111,7 @@ class DataReport:
             "tokens": self.stats(),
             "notes": self.notes,
             "processor": self.processor,
-        } | ({"preference": self.preference()} if self.row_kind != SFT else {})
+        } | self.figures()
 
     def record(self) -> dict[str, Any]:
         """What vlmsurgeon.json keeps under `data` (besides path and hash)."""
@@ -102,9 +127,7 @@ class DataReport:
         }
         if self.videos:
             kept["video_sampling"] = self.video_sampling
-        if self.row_kind != SFT:
-            kept["preference"] = self.preference()
-        return kept
+        return kept | self.figures()
 
 
 def _percentiles(values: list[int]) -> dict[str, int]:
@@ -234,7 +257,7 @@ def _with_max_pixels(processor: Any, pixels: int) -> Any:
 def _sides(sample: Sample, row_kind: str) -> list[tuple[str, Sample]]:
     """The conversations a row trains as: itself (SFT: unnamed; KTO: its completion), or a pair's
     chosen and rejected conversation (the prompt and media shared, the final answer swapped)."""
-    if row_kind == SFT:
+    if row_kind in (SFT, PROMPT):
         return [("", sample)]
     if row_kind != PAIR:
         return [("completion", sample)]
@@ -270,10 +293,13 @@ def _measure(
             reason = f"{named}the processor refused it ({type(exc).__name__}: {first})"
             return None, BadRow(sample.line, reason, sample.unit), False
         dropped = _media_problem(conversation, stats, collator)
-        problem = dropped or _limit_problem(stats, seq_len)
-        if problem is None and row_kind != SFT and stats.tokens > seq_len:
+        if row_kind == PROMPT:  # not cut: the prompt and its longest answer must fit
+            problem = dropped or length_problem(stats.tokens, report.completion_tokens, seq_len)
+        else:
+            problem = dropped or _limit_problem(stats, seq_len)
+        if problem is None and row_kind in (PAIR, LABEL) and stats.tokens > seq_len:
             problem = _cut_problem(stats, seq_len, side)
-        if problem and not dropped and stats.video_tokens:
+        if problem and not dropped and stats.video_tokens and row_kind != PROMPT:
             figured = sum("; it would be" in b.reason for b in report.over_limit) < FIGURED
             problem += (
                 _video_fixes(conversation, stats, collator)
@@ -286,9 +312,17 @@ def _measure(
     return measured, None, False
 
 
-def check_rows(data: Dataset, collator: Any) -> tuple[DataReport, list[Sample]]:
+def check_rows(
+    data: Dataset,
+    collator: Any,
+    *,
+    completion_tokens: int = 0,
+    required_columns: dict[str, tuple[str, ...]] | None = None,
+) -> tuple[DataReport, list[Sample]]:
     """Measure every row; returns the report and the rows that train. A source without a single
-    row is bad input: a check that passes on nothing would let a CI gate pass on nothing."""
+    row is bad input: a check that passes on nothing would let a CI gate pass on nothing. Prompt
+    rows (grpo) must leave `completion_tokens` under --seq-len and hold the columns each reward
+    needs (`required_columns`: reward name -> columns)."""
     if not data.samples and not data.bad:
         raise BadInput(f"data '{data.path}': no rows", "check the file's format (see docs/data.md)")
     seq_len = collator.seq_len
@@ -303,6 +337,7 @@ def check_rows(data: Dataset, collator: Any) -> tuple[DataReport, list[Sample]]:
         bad=list(data.bad),
         notes=data.messages(),
         row_kind=data.row_kind,
+        completion_tokens=completion_tokens if data.row_kind == PROMPT else 0,
     )
     tokens: dict[str, list[int]] = {"text": [], "image": [], "video": [], "total": []}
     parts: dict[str, list[int]] = (
@@ -320,6 +355,10 @@ def check_rows(data: Dataset, collator: Any) -> tuple[DataReport, list[Sample]]:
                 )
             )
             continue
+        missing = missing_columns(sample.columns, required_columns or {}) if data.row_kind == PROMPT else None
+        if missing:
+            report.bad.append(BadRow(sample.line, missing, sample.unit))
+            continue
         measured, problem, over_limit = _measure(sample, collator, seq_len, report)
         if problem is not None:
             (report.over_limit if over_limit else report.bad).append(problem)
@@ -335,7 +374,7 @@ def check_rows(data: Dataset, collator: Any) -> tuple[DataReport, list[Sample]]:
             ("total", longest.tokens),
         ):
             tokens[kind].append(value)
-        if data.row_kind != SFT:
+        if data.row_kind in (PAIR, LABEL):
             # the prompt ends where the first trained token (the final answer) starts, on both sides
             parts["prompt"].append(measured[0].first_label)
             for part, stats in zip(list(parts)[1:], measured, strict=True):
@@ -345,7 +384,9 @@ def check_rows(data: Dataset, collator: Any) -> tuple[DataReport, list[Sample]]:
     report.formats = dict(Counter(s.format for s in usable))
     report.images = sum(len(s.images) for s in usable)
     report.videos = sum(len(s.videos) for s in usable)
-    if data.row_kind != SFT:
+    if data.row_kind == PROMPT:
+        report.columns = dict(Counter(k for s in usable for k in s.columns))
+    elif data.row_kind != SFT:
         report.preference_tokens = parts
         report.identical = sum(b.reason == SAME_ANSWER for b in data.bad)
         if data.row_kind == PAIR:

@@ -239,10 +239,21 @@ class Collator:
         )
         return {k: prompt[k] for k in PROMPT_ONLY if k in prompt}
 
+    def prompt_encoding(self, sample: Sample, media: tuple[list[Any], list[Any]] | None = None) -> dict[str, Any]:
+        """A prompt row as the model is asked it: the processor's output (a batch of one) for its
+        messages rendered with the generation prompt, and its media. No labels."""
+        media = media or self.load_media(sample)
+        return dict(self.encode(self.render(sample.messages, generation_prompt=True, tools=sample.tools), *media))
+
     def measure(self, sample: Sample) -> RowStats:
-        """What `finetune` checks before training: token counts and the media / label bounds."""
+        """What `finetune` checks before training: token counts and the media / label bounds. A
+        prompt row (nothing trained) is measured as it is asked, with the generation prompt; its
+        `first_label` is its length."""
         media = self.load_media(sample)
-        batch = self.full_encoding(sample, first_only=True, media=media)
+        if is_prompt(sample):
+            batch = self.prompt_encoding(sample, media)
+        else:
+            batch = self.full_encoding(sample, first_only=True, media=media)
         ids = batch["input_ids"][0]
         counts, end = {}, 0
         for kind, token in self.media_ids.items():
@@ -255,7 +266,7 @@ class Collator:
             counts[kind] = len(where)
             if len(where):
                 end = max(end, int(where.max()) + 1)
-        trained = (batch["labels"][0] != IGNORE).nonzero().flatten()
+        trained = (batch["labels"][0] != IGNORE).nonzero().flatten() if "labels" in batch else ids[:0]
         first = int(trained[0]) if len(trained) else len(ids)
         frames = [v for v in media[1] if hasattr(v, "shape") and len(v.shape) == 4]
         return RowStats(
@@ -299,6 +310,11 @@ class Collator:
     def __call__(self, samples: list[Sample]) -> dict[str, Any]:
         encoded = [self.encode_sample(s) for s in samples]
         return pad_and_stack(encoded, self.pad_id, batch_aligned=self.batch_aligned, packed=self.packed)
+
+
+def is_prompt(sample: Sample) -> bool:
+    """A prompt row (GRPO's): no assistant turn in it trains."""
+    return not any(m["role"] == "assistant" and m.get("train", True) for m in sample.messages)
 
 
 def size_of(part: Any, attr: str = "size") -> dict[str, Any] | None:

@@ -10,7 +10,8 @@ image / video parts and a `train` flag, plus the row's media references in place
 | alpaca | `instruction` + `output` | LLaMA-Factory alpaca |
 
 A LLaMA-Factory `dataset_info.json` entry picks the format and renames columns and tags.
-Preference rows (pairs, KTO labels) are read by `preference`, on top of these converters."""
+Preference rows (pairs, KTO labels) are read by `preference`, prompt rows (GRPO) by `prompts`,
+on top of these converters."""
 
 from __future__ import annotations
 
@@ -64,6 +65,7 @@ class Converted:
     tools: list[Any] = field(default_factory=list)
     rejected: dict[str, Any] | None = None  # a preference pair's rejected final assistant message
     label: bool | None = None  # a KTO row's desirable (True) / undesirable (False)
+    dropped: bool = False  # a prompt row's final answer, dropped: GRPO generates it (`prompts`)
 
 
 class RowError(ValueError):

@@ -15,8 +15,8 @@ label. The media belong to the prompt: chosen and rejected share them.
 | llamafactory-kto-FORMATTING | dataset_info `columns.kto_tag` | LLaMA-Factory KTO datasets |
 
 A row's kind is what the objective trains on: "sft" (a conversation), "pair" (dpo, ipo, orpo,
-simpo) or "label" (kto). A row of another kind is a bad row whose reason names the objective
-that reads it, never trained as something else."""
+simpo), "label" (kto) or "prompt" (grpo, read by `prompts`). A row of another kind is a bad row
+whose reason names the objective that reads it, never trained as something else."""
 
 from __future__ import annotations
 
@@ -36,17 +36,25 @@ from .formats import (
     complete,
     convert,
 )
+from .prompts import NO_USER, PROMPT, answerless, convert_prompt, trl_prompt_only
+from .prompts import trl_prompt as _trl_prompt
 
 SFT, PAIR, LABEL = "sft", "pair", "label"
-KINDS = (SFT, PAIR, LABEL)
+KINDS = (SFT, PAIR, LABEL, PROMPT)
 # the options that train each kind, for the hints of rows read as another kind
-OBJECTIVES = {SFT: "--objective sft", PAIR: "--objective dpo (or ipo, orpo, simpo)", LABEL: "--objective kto"}
+OBJECTIVES = {
+    SFT: "--objective sft",
+    PAIR: "--objective dpo (or ipo, orpo, simpo)",
+    LABEL: "--objective kto",
+    PROMPT: "--objective grpo",
+}
 
 # Bad-row reasons the report counts by (identical pairs), or tests compare whole.
 SAME_ANSWER = "chosen and rejected are the same answer"
 NO_REJECTED = "no rejected answer: a preference row needs chosen and rejected"
 NO_LABEL = "no label: a KTO row needs a completion and a true/false label"
-NO_USER = "the prompt has no user turn"
+# a prompt with no answer, read as sft, pair or label
+ANSWERLESS = f"no assistant turn: a prompt-only row, train it with {OBJECTIVES[PROMPT]}"
 AS_SFT = {
     PAIR: f"a preference pair (chosen and rejected): train it with {OBJECTIVES[PAIR]}",
     LABEL: f"a KTO row (completion with a true/false label): train it with {OBJECTIVES[LABEL]}",
@@ -89,19 +97,28 @@ def shape(row: dict[str, Any], spec: Spec, kind: str) -> tuple[str, str] | None:
 
 
 def convert_row(row: Any, spec: Spec, kind: str = SFT) -> Converted:
-    """One row as `kind` (sft, pair or label): a conversation through `formats.convert`, a pair
-    or a labelled completion here. A row of another kind raises with the objective that reads it."""
+    """One row as `kind` (sft, pair, label or prompt): a conversation through `formats.convert`,
+    a prompt through `prompts`, a pair or a labelled completion here. A row of another kind
+    raises with the objective that reads it."""
     if kind not in KINDS:
         raise ValueError(f"row kind {kind!r}: one of {', '.join(KINDS)}")
     if not isinstance(row, dict):
         raise RowError("row is not a JSON object")
-    found = shape(row, spec, kind)
+    found = shape(row, spec, SFT if kind == PROMPT else kind)
+    if found is not None and found[1] == LABEL and answerless(row, spec):
+        found = None  # a label beside a prompt with no answer: a column for GRPO's rewards, not KTO's
+    if kind == PROMPT:
+        if found is not None:
+            raise RowError(AS_SFT[found[1]])
+        return convert_prompt(row, spec)
     if kind == SFT:
         if found is not None:
             raise RowError(AS_SFT[found[1]])
+        if trl_prompt_only(row, spec):
+            raise RowError(ANSWERLESS)
         return convert(row, spec)
     if found is None:
-        raise RowError(NO_REJECTED if kind == PAIR else NO_LABEL)
+        raise RowError(ANSWERLESS if answerless(row, spec) else NO_REJECTED if kind == PAIR else NO_LABEL)
     name, row_kind = found
     if row_kind != kind:
         raise RowError(AS_PAIR_LABELLED if kind == PAIR else AS_LABEL_PAIR)
@@ -171,22 +188,6 @@ Read = tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any] | None, bool |
 
 
 # ---------------------------------------------------------------- TRL
-
-
-def _trl_prompt(value: Any, inline: list[tuple[str, Any]]) -> list[dict[str, Any]]:
-    if isinstance(value, str):
-        return [build_message("user", value, inline)]
-    if not isinstance(value, list):
-        raise RowError("'prompt' must be text or a list of messages")
-    out = []
-    for k, message in enumerate(value):
-        if not isinstance(message, dict):
-            raise RowError(f"prompt message {k} is not an object")
-        try:
-            out.append(build_message(message.get("role"), message.get("content"), inline, loss=message.get("loss")))
-        except RowError as exc:
-            raise RowError(f"prompt message {k}: {exc}") from None
-    return out
 
 
 def _trl_pair(row: dict[str, Any], spec: Spec, inline: list[tuple[str, Any]]) -> Read:
@@ -371,9 +372,11 @@ def pair_conversations(sample: Any) -> tuple[Any, Any]:
 
 
 __all__ = [
+    "ANSWERLESS",
     "KINDS",
     "LABEL",
     "PAIR",
+    "PROMPT",
     "SAME_ANSWER",
     "SFT",
     "check_answers",

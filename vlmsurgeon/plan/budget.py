@@ -41,6 +41,8 @@ _OPTION_AS_KEY = (
     ("--simpo-gamma", "simpo_gamma"),
     ("--desirable-weight", "desirable_weight"),
     ("--undesirable-weight", "undesirable_weight"),
+    ("--num-generations", "num_generations"),
+    ("--max-completion-length", "max_completion_length"),
 )
 _OPTION = re.compile(r"(?<![\w-])--[a-z][a-z-]*")
 _OWN_OPTIONS = {"--json", "--junit"}
@@ -58,12 +60,20 @@ class ModelBudget(BaseModel):
     image_tokens: int = Field(default=256, ge=0)
     gradient_checkpointing: bool = True
     trust_remote_code: bool = False
-    # the step the memory limit is checked for: sft, or a preference objective and its knobs (as finetune's)
+    # the step the memory limit is checked for: sft, a preference objective or grpo, and its knobs (as finetune's)
     objective: str = "sft"
-    beta: float | None = Field(default=None, gt=0)
+    beta: float | None = Field(default=None, ge=0)  # > 0 but for grpo (objective.py says which)
     simpo_gamma: float | None = Field(default=None, ge=0)
     desirable_weight: float | None = Field(default=None, gt=0)
     undesirable_weight: float | None = Field(default=None, gt=0)
+    num_generations: int | None = None  # grpo's knobs: bounds and words in objective.py RULES
+    max_completion_length: int | None = None
+    temperature: float | None = None
+    epsilon: float | None = None
+    loss_type: str | None = None
+    importance_sampling: str | None = None
+    reward: list[str] | None = None
+    completions_every: int | None = None
     limits: dict[str, str | float | int | dict[str, str | float | int]]
 
     @field_validator("objective")

@@ -42,10 +42,10 @@ class ComponentMemory:
 @dataclass
 class Estimate:
     """A training step's peak: the state (weights, adapters, gradients, AdamW, a preference
-    reference's frozen copies), then the larger of two moments that never overlap: a forward
-    without a graph that runs before the policy's (a preference reference), and the policy's
-    micro-batch: what the stacks keep for backward plus the larger of the loss (logits) and one
-    layer's backward."""
+    reference's frozen copies), then the largest of moments that never overlap: a forward without
+    a graph that runs before the policy's (a preference reference), the policy's micro-batch (what
+    the stacks keep for backward plus the larger of the loss (logits) and one layer's backward),
+    and grpo's generation phase before both."""
 
     weights: int  # as loaded, plus the fp32 copies of what trains in full
     adapters: int
@@ -58,19 +58,29 @@ class Estimate:
     backward_no_ckpt: int = 0
     reference_copies: int = 0  # a preference reference's frozen copy of what trains in full (no LoRA beside it)
     no_grad_forward: int = 0  # the largest moment of a forward without a graph before the policy's (reference)
+    kv_cache: int = 0  # grpo's generation: the KV cache of every sequence at full length
+    generation: int = 0  # grpo's generation phase, above the state: its largest moment (the cache included)
 
     @property
     def state(self) -> int:
         return self.weights + self.adapters + self.gradients + self.optimizer + self.reference_copies
 
-    def transient(self, checkpointing: bool = True) -> int:
-        """What one micro-batch adds on top of the state at the step's peak: the policy's pass, or
-        a pass without a graph before it, whichever is larger (they never hold memory at once)."""
+    def training(self, checkpointing: bool = True) -> int:
+        """What the training phase adds on top of the state: the policy's pass, or a pass without
+        a graph before it, whichever is larger (they never hold memory at once)."""
         if checkpointing:
             policy = self.activations + max(self.logits, self.backward)
         else:
             policy = self.activations_no_ckpt + max(self.logits, self.backward_no_ckpt)
         return max(policy, self.no_grad_forward)
+
+    def transient(self, checkpointing: bool = True) -> int:
+        """What one micro-batch adds on top of the state at the step's peak: the training phase, or
+        grpo's generation before it (its cache is freed before the policy's forward)."""
+        return max(self.training(checkpointing), self.generation)
+
+    def peak_phase(self, checkpointing: bool = True) -> str:
+        return "generation" if self.generation > self.training(checkpointing) else "training"
 
     @property
     def total(self) -> int:
@@ -96,13 +106,15 @@ def chunk_rows(rows: int, vocab: int) -> int:
     return max(1, CHUNK_ELEMENTS // max(vocab, 1), -(-rows // MAX_CHUNKS))
 
 
-def logits_bytes(batch: int, seq_len: int, vocab: int, hidden: int, chunked: bool) -> int:
+def logits_bytes(batch: int, seq_len: int, vocab: int, hidden: int, chunked: bool, rows: int | None = None) -> int:
     """fp32 logits and their gradient for the whole batch (the model's own loss); chunked: one
-    chunk's logits, softmax and gradient, plus the head's input kept and its gradient (fp32)."""
+    chunk's logits, softmax and gradient, chunks taken on the `rows` the head runs on (every
+    token unless given: grpo's completions), plus the head's input kept and its gradient (fp32)."""
     if not chunked:
         return batch * seq_len * vocab * 4 * 2
     tokens = batch * seq_len
-    return 3 * 4 * min(tokens, chunk_rows(tokens, vocab)) * vocab + 2 * 4 * tokens * hidden
+    rows = tokens if rows is None else rows
+    return 3 * 4 * min(rows, chunk_rows(rows, vocab)) * vocab + 2 * 4 * tokens * hidden
 
 
 def no_grad_forward_bytes(
@@ -115,12 +127,14 @@ def no_grad_forward_bytes(
     head_tokens: int,
     vocab: int,
     chunked: bool,
+    captured: int | None = None,
 ) -> int:
     """The largest moment of a forward without a graph (a preference reference, KTO's KL pass):
     nothing is kept for backward, so it is one layer's activations as they are computed with the
-    largest 4-bit weight dequantized, or at the head the input captured, the labelled rows picked
-    from it and one chunk's logits in the compute dtype, in fp32 and log-softmaxed; without the
-    chunked loss every logit in fp32 and its log-softmax."""
+    largest 4-bit weight dequantized, or at the head the input captured (`captured` tokens, the
+    labelled ones unless given), the labelled rows picked from it and one chunk's logits in the
+    compute dtype, in fp32 and log-softmaxed; without the chunked loss every logit in fp32 and its
+    log-softmax."""
     if not head_tokens:
         return 0
     layer = max(
@@ -129,7 +143,7 @@ def no_grad_forward_bytes(
     )
     if chunked:
         head = (HALF + 2 * 4) * min(head_tokens, chunk_rows(head_tokens, vocab)) * vocab
-        head += 2 * HALF * head_tokens * (lm.hidden if lm else 0)
+        head += HALF * (head_tokens + (head_tokens if captured is None else captured)) * (lm.hidden if lm else 0)
     else:
         head = 2 * 4 * head_tokens * vocab
     return max(layer + HALF * dequantized, head)
@@ -192,7 +206,9 @@ def estimate(
     A preference `objective`: a pair's chosen and rejected answers run as 2 sequences, so the
     policy's pass is priced on 2 × batch sequences; a reference (dpo, ipo, kto) runs first without
     a graph (its largest moment, on its own), and keeps a frozen copy of what trains in full where
-    no LoRA adapter can be disabled to get the start back (beside LoRA peft keeps the original)."""
+    no LoRA adapter can be disabled to get the start back (beside LoRA peft keeps the original).
+    grpo: G sequences per prompt, the head on their completion positions only (plan/generation.py
+    prices the generation before them)."""
     objective = objective or Objective()
     full = sum(c.full_trainable for c in components.values())
     lora = sum(c.lora_trainable for c in components.values())
@@ -203,6 +219,7 @@ def estimate(
         components[n].full_trainable or components[n].lora_trainable for n in ("vision",) if n in components
     )
     sequences, no_grad = objective.sequences(batch), objective.no_grad_sequences(batch)
+    scored = min(objective.completion or seq_len, seq_len)  # positions the head runs on: grpo's completions
     tokens = sequences * seq_len if trains_before_head else 0
     patches = sequences * vision_tokens if vision_trains else 0
     trains = bool(full or lora)
@@ -213,7 +230,9 @@ def estimate(
         optimizer=2 * (LORA_BYTES * lora + master * full),
         activations=stack_activations(lm, tokens, True) + stack_activations(vision, patches, True),
         activations_no_ckpt=stack_activations(lm, tokens, False) + stack_activations(vision, patches, False),
-        logits=logits_bytes(sequences, seq_len, vocab, lm.hidden if lm else 0, chunked) if trains else 0,
+        logits=logits_bytes(sequences, seq_len, vocab, lm.hidden if lm else 0, chunked, sequences * scored)
+        if trains
+        else 0,
         backward=backward_bytes(lm, tokens, vision, patches, dequantized, True),
         backward_no_ckpt=backward_bytes(lm, tokens, vision, patches, dequantized, False),
         reference_copies=master * full if objective.reference and not lora else 0,
@@ -223,9 +242,10 @@ def estimate(
             vision,
             no_grad * vision_tokens if vision_trains else 0,
             dequantized,
-            head_tokens=no_grad * seq_len if trains else 0,
+            head_tokens=no_grad * scored if trains else 0,
             vocab=vocab,
             chunked=chunked,
+            captured=no_grad * seq_len,
         ),
     )
 

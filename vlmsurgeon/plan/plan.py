@@ -16,6 +16,7 @@ from vlmsurgeon.model.tree import Node
 from vlmsurgeon.recipe.freeze import Applied, classified_tree, count_preset, present_components
 from vlmsurgeon.recipe.preset import Loading, Preset, freeze_preset, load_preset, loaded_4bit
 
+from .generation import generation_bytes, kv_dims
 from .memory import (
     HALF,
     ComponentMemory,
@@ -44,7 +45,8 @@ class PlanSettings:
     gradient_checkpointing: bool = True
     max_pixels: int | None = None  # when set, image_tokens is derived from it (Qwen-style budgets)
     chunked_loss: bool = True  # finetune's default; --no-chunked-loss holds the full logits
-    objective: Objective = Objective()  # sft; a preference objective prices its pairs and its reference
+    # sft; a preference objective prices its pairs and its reference, grpo its groups and their generation
+    objective: Objective = Objective()
 
 
 @dataclass
@@ -76,6 +78,8 @@ class PlanResult:
         data["trainable_params"] = self.trainable
         data["settings"] = {k: v for k, v in self.settings.__dict__.items() if k != "objective"}
         data["objective"] = self.settings.objective.to_json(self.settings.batch_size)
+        if self.settings.objective.generates:
+            data["objective"]["phases"] = phases_json(self.memory)
         data["memory"] = self.memory.to_json()
         if self.scale_out is not None:
             data["scale_out"] = self.scale_out.to_json()
@@ -150,6 +154,13 @@ def plan_model(
     if quantize not in ("4bit", "none"):
         raise BadInput(f"--quantize '{quantize}': unknown", "4bit or none")
     objective(settings.objective.name, settings.objective.knobs)  # an unknown one, or a knob it does not read
+    completion = settings.objective.completion
+    if completion is not None and completion >= settings.seq_len:
+        raise BadInput(
+            f"--max-completion-length {completion} leaves no room for a prompt in --seq-len {settings.seq_len} "
+            "(a sequence is prompt + completion)",
+            f"a --seq-len above {completion}, or a shorter --max-completion-length",
+        )
     source, model = meta_model(reference, trust_remote_code=trust_remote_code, revision=revision)
     tree = classified_tree(model, source.model_type)
     present = present_components(tree)
@@ -222,7 +233,7 @@ def _estimate(
             full_trainable=(state.trainable - lora) if state else 0,
             lora_trainable=lora,
         )
-    return estimate(
+    memory = estimate(
         parts,
         lm=lm,
         vision=vision,
@@ -234,6 +245,34 @@ def _estimate(
         dequantized=dequantized,
         objective=settings.objective,
     )
+    objective = settings.objective
+    if not objective.generates or not applied.trainable:  # nothing trains: weights only
+        return memory
+    memory.kv_cache, memory.generation = generation_bytes(
+        kv_dims(config),
+        lm,
+        vision,
+        sequences=objective.sequences(settings.batch_size),
+        seq_len=settings.seq_len,
+        completion=objective.completion or 0,
+        vision_tokens=settings.image_tokens * merge,
+        vocab=vocab,
+        dequantized=dequantized,
+    )
+    return memory
+
+
+def phases_json(memory: Estimate) -> dict[str, Any]:
+    """grpo's two phases, each as the step's figure were it the peak (state included)."""
+    return {
+        "generation": {"kv_cache": memory.kv_cache, "bytes": memory.state + memory.generation},
+        "training": {
+            "bytes": memory.state + memory.training(True),
+            "bytes_no_ckpt": memory.state + memory.training(False),
+        },
+        "peak": memory.peak_phase(True),
+        "peak_no_ckpt": memory.peak_phase(False),
+    }
 
 
 def largest_linear(tree: Node, quantized: tuple[str, ...]) -> int:

@@ -36,7 +36,15 @@ class FinetuneResult:
 
 
 # what each objective's rows are: a conversation, a preference pair, a completion with a label
-ROW_KIND = {"sft": "sft", "dpo": "pair", "ipo": "pair", "orpo": "pair", "simpo": "pair", "kto": "label"}
+ROW_KIND = {
+    "sft": "sft",
+    "dpo": "pair",
+    "ipo": "pair",
+    "orpo": "pair",
+    "simpo": "pair",
+    "kto": "label",
+    "grpo": "prompt",
+}
 
 
 def _rows(path: str, opts: RunOptions, label: str) -> Dataset:
@@ -53,7 +61,15 @@ def checked_rows(
     (exit 2, before any weight is loaded) unless --skip-bad-rows."""
     from vlmsurgeon.data.check import check_rows
 
-    report, usable = check_rows(data, collator)
+    extra: dict[str, Any] = {}
+    if opts.objective == "grpo":  # prompt + the longest answer must fit; every reward's columns there
+        from vlmsurgeon.use.rewards import parse_rewards
+
+        from .grpo import grpo_knobs
+
+        extra["completion_tokens"] = grpo_knobs(opts).max_completion_length
+        extra["required_columns"] = {r.name: r.columns for r in parse_rewards(opts.reward or [])}
+    report, usable = check_rows(data, collator, **extra)
     problems = report.bad + report.over_limit
     if problems and not opts.skip_bad_rows:
         where = ""
@@ -283,6 +299,11 @@ def _prepare(
             "another row's completion in the same batch",
             "pass --batch-size 2 (or more)",
         )
+    if opts.objective == "grpo" and not opts.reward:  # plan prices grpo without one; training scores with them
+        raise BadInput(
+            "objective grpo needs at least one reward",
+            "--reward exact (see docs/grpo.md), or --reward FILE.py:FUNCTION",
+        )
     data = _rows(opts.require("data", "--data DATA"), opts, "data")
     eval_data = _rows(opts.eval_data, opts, "eval data") if opts.eval_data else None
     checkpoint = _check_run_dir(run_dir, resume)
@@ -302,7 +323,11 @@ def _prepare(
     collator = make_collator(processor, opts)
     report, rows = checked_rows(data, collator, opts, run_dir, "data")
     eval_rows = checked_rows(eval_data, collator, opts, run_dir, "eval data")[1] if eval_data else None
-    if ROW_KIND[opts.objective] != "sft":  # rows checked above; trained as pairs or with KL pairs
+    if opts.objective == "grpo":  # prompts: the answers are sampled at each step
+        from .grpo import PromptCollator
+
+        collator = PromptCollator(collator)
+    elif ROW_KIND[opts.objective] != "sft":  # rows checked above; trained as pairs or with KL pairs
         from .preference import LabelCollator, PairCollator
 
         collator = PairCollator(collator) if ROW_KIND[opts.objective] == "pair" else LabelCollator(collator)
@@ -445,6 +470,10 @@ def _objective(applied: Any, opts: RunOptions, run: _Run) -> Any:
     from .telemetry import say
 
     chunked = chunked_loss_for(applied.model)[0] if opts.chunked_loss else None
+    if opts.objective == "grpo":
+        from .grpo import make_objective
+
+        return make_objective(applied, opts, run.collator.collator, chunked, run.run_dir if _main_process() else None)
     reference = Reference(applied.model, whole=bool(opts.from_run)) if opts.objective in REFERENCE else None
     knobs = ", ".join(f"{k} {v:g}" for k, v in resolved_knobs(opts).items())
     objective = Objective(opts.objective, knobs_for(opts), chunked, reference)

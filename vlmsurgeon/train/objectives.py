@@ -1,6 +1,7 @@
 """Preference objectives as pure losses on per-sequence log-prob sums: DPO and IPO (TRL's DPOTrainer), ORPO, SimPO
-(TRL's CPOTrainer) and KTO, each equal to TRL 1.16's loss and logged metrics on the same inputs (TRL is the oracle in
-tests/test_objectives.py)."""
+(TRL's CPOTrainer) and KTO; and GRPO on per-token log-probs (with GSPO's sequence-level ratios; TRL's GRPOTrainer).
+Each equals TRL 1.16's loss and logged metrics on the same inputs (TRL is the oracle in tests/test_objectives.py and
+tests/test_grpo_oracle.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-OBJECTIVES = ("sft", "dpo", "ipo", "orpo", "simpo", "kto")
+OBJECTIVES = ("sft", "dpo", "ipo", "orpo", "simpo", "kto", "grpo")
 PAIRED = frozenset({"dpo", "ipo", "orpo", "simpo"})  # rows are prompt + chosen + rejected
 REFERENCE = frozenset({"dpo", "ipo", "kto"})  # need a reference model's log-probs
 
@@ -193,3 +194,108 @@ def _reward_metrics(
 def _log1mexp(x: torch.Tensor) -> torch.Tensor:
     """log(1 - exp(x)) for x < 0, switching formula at -ln 2 to avoid cancellation (TRL's ORPO helper)."""
     return torch.where(x < -math.log(2), torch.log1p(-torch.exp(x)), torch.log(-torch.expm1(x)))
+
+
+@dataclass(frozen=True)
+class GrpoKnobs:
+    """TRL 1.16 `GRPOConfig` defaults (its epsilon_high defaults to epsilon: one ε both ways here)."""
+
+    num_generations: int = 8
+    max_completion_length: int = 512
+    temperature: float = 1.0
+    beta: float = 0.0
+    epsilon: float = 0.2
+    loss_type: str = "dapo"
+    importance_sampling: str = "token"
+
+
+LOSS_TYPES = ("grpo", "dr_grpo", "dapo")
+
+
+def group_advantages(rewards: torch.Tensor, weights: torch.Tensor, group: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """TRL's advantages (multi_objective_aggregation "sum_then_normalize", scale_rewards "group"): `rewards` (N, F)
+    with NaN where a function returned None; each completion's weighted sum, minus its group's mean, over its group's
+    standard deviation (Bessel) + 1e-4. A completion no function scored gets advantage 0. Returns the advantages (N,)
+    and whether each completion's group had zero spread (N,), which TRL logs as frac_reward_zero_std."""
+    unscorable = torch.isnan(rewards).all(dim=1)
+    total = (rewards * weights.to(rewards).unsqueeze(0)).nansum(dim=1)
+    total[unscorable] = torch.nan
+    grouped = total.view(-1, group)
+    mean = torch.nanmean(grouped, dim=1, keepdim=True)
+    count = (~torch.isnan(grouped)).sum(dim=1, keepdim=True)
+    variance = torch.nanmean((grouped - mean) ** 2, dim=1, keepdim=True) * count / (count - 1)
+    std = torch.where(count > 1, variance, torch.full_like(variance, torch.nan)).sqrt()
+    advantages = ((grouped - mean) / (std + 1e-4)).view(-1)
+    zero_spread = torch.isclose(std, torch.zeros_like(std)).expand_as(grouped).reshape(-1)
+    return torch.nan_to_num(advantages, nan=0.0), zero_spread
+
+
+def grpo_loss(
+    knobs: GrpoKnobs,
+    logps: torch.Tensor,
+    mask: torch.Tensor,
+    advantages: torch.Tensor,
+    old_logps: torch.Tensor | None = None,
+    ref_logps: torch.Tensor | None = None,
+    *,
+    scored_tokens: torch.Tensor | float | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """TRL's GRPO loss for one batch of B completions: `logps`, `mask` (B, T) per completion token (float mask),
+    `advantages` (B,). `old_logps` are the sampling policy's (None: this policy's, detached: one update per
+    generation, the ratio is 1); `ref_logps` the reference's, needed when β > 0. importance_sampling "sequence" is
+    GSPO (one ratio per completion: the mean token log-ratio). loss_type: "grpo" (each completion's token mean, then
+    the batch mean), "dr_grpo" (the token sum over B × max_completion_length), "dapo" (the token sum over
+    `scored_tokens`, the batch's scored tokens unless given; TRL counts them over its generation batch). Metrics are
+    TRL's clip ratios and kl."""
+    if knobs.loss_type not in LOSS_TYPES:
+        raise ValueError(f"loss_type {knobs.loss_type!r}: one of {', '.join(LOSS_TYPES)}")
+    mask = mask.to(logps.dtype)
+    old = logps.detach() if old_logps is None else old_logps
+    log_ratio = logps - old
+    if knobs.importance_sampling == "sequence":
+        log_weights = ((log_ratio * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).unsqueeze(-1)
+    elif knobs.importance_sampling == "token":
+        log_weights = log_ratio
+    else:
+        raise ValueError(f"importance_sampling {knobs.importance_sampling!r}: token or sequence")
+    ratio = torch.exp(log_weights)
+    clipped = torch.clamp(ratio, 1 - knobs.epsilon, 1 + knobs.epsilon)
+    adv = advantages.to(logps.dtype).unsqueeze(1)
+    per_token = -torch.min(ratio * adv, clipped * adv)
+    metrics: dict[str, torch.Tensor] = {}
+    if knobs.beta != 0.0:
+        if ref_logps is None:
+            raise ValueError("grpo with beta > 0 needs the reference's log-probs")
+        delta = ref_logps - logps
+        # TRL's use_bias_correction_kl (default True): the k3 estimate weighted by the importance ratio
+        kl = (torch.exp(delta) - delta - 1) * ratio
+        per_token = per_token + knobs.beta * kl
+        metrics["kl"] = _masked_mean(kl.detach(), mask)
+    if knobs.loss_type == "grpo":
+        loss = ((per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).mean()
+    elif knobs.loss_type == "dr_grpo":
+        loss = (per_token * mask).sum() / (per_token.shape[0] * knobs.max_completion_length)
+    else:
+        tokens = mask.sum() if scored_tokens is None else torch.as_tensor(scored_tokens, dtype=logps.dtype)
+        loss = (per_token * mask).sum() / tokens.clamp(min=1.0)
+    low = ((ratio < 1 - knobs.epsilon) & (adv < 0)).float().detach()
+    high = ((ratio > 1 + knobs.epsilon) & (adv > 0)).float().detach()
+    metrics["clip_ratio/low_mean"] = _masked_mean(low, mask)
+    metrics["clip_ratio/high_mean"] = _masked_mean(high, mask)
+    metrics["clip_ratio/region_mean"] = _masked_mean(torch.maximum(low, high), mask)
+    metrics["clip_ratio/low_min"] = _per_sequence_mean(low, mask).min()
+    metrics["clip_ratio/high_max"] = _per_sequence_mean(high, mask).max()
+    return loss, metrics
+
+
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """TRL's global masked mean: over tokens, or over completions when there is one value per completion."""
+    if values.shape[-1] == 1:
+        return values.sum() / values.shape[0]
+    return (values * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+def _per_sequence_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    if values.shape[-1] == 1:
+        return values.squeeze(1)
+    return (values * mask).sum(-1) / mask.sum(-1)

@@ -35,14 +35,14 @@ _FIELD = {
 
 def knobs_for(opts: Any) -> Knobs:
     """The run's knobs: what it set, TRL's defaults for the rest."""
-    given = {_FIELD[k]: getattr(opts, k) for k in KNOBS if getattr(opts, k) is not None}
+    given = {_FIELD[k]: getattr(opts, k) for k in _FIELD if getattr(opts, k) is not None}
     return dataclasses.replace(default_knobs(opts.objective), **given)
 
 
 def resolved_knobs(opts: Any) -> dict[str, float]:
     """The knobs this objective reads, defaults filled in, by option name (run.json, the summary)."""
     knobs = knobs_for(opts)
-    return {k: getattr(knobs, _FIELD[k]) for k, objectives in KNOBS.items() if opts.objective in objectives}
+    return {k: getattr(knobs, _FIELD[k]) for k in _FIELD if opts.objective in KNOBS[k]}
 
 
 class PairCollator:

@@ -72,9 +72,11 @@ def run_inputs(opts: Any, source: Any, preset: Any, data: Any, dtype: str) -> di
     exclude = {"model", "output", "data", "objective", "from_run", "precompute_ref", *KNOBS}
     inputs = opts.model_dump(mode="json", exclude=exclude)
     if opts.objective != "sft":  # an SFT run's record stays as it was before objectives existed
+        from .grpo import grpo_record
         from .preference import from_record, resolved_knobs
 
-        inputs["objective"] = {"name": opts.objective, **resolved_knobs(opts)}
+        knobs = grpo_record(opts) if opts.objective == "grpo" else resolved_knobs(opts)
+        inputs["objective"] = {"name": opts.objective, **knobs}
         inputs["from_run"] = from_record(opts.from_run)
     inputs.update(
         base={

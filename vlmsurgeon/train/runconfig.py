@@ -14,11 +14,20 @@ from vlmsurgeon.recipe.preset import read_yaml
 DEFAULT_FILE = "vlmsurgeon.yaml"
 # which objectives read each knob (train/objectives.py holds their defaults)
 KNOBS = {
-    "beta": ("dpo", "ipo", "orpo", "simpo", "kto"),
+    "beta": ("dpo", "ipo", "orpo", "simpo", "kto", "grpo"),
     "simpo_gamma": ("simpo",),
     "desirable_weight": ("kto",),
     "undesirable_weight": ("kto",),
+    "num_generations": ("grpo",),
+    "max_completion_length": ("grpo",),
+    "temperature": ("grpo",),
+    "epsilon": ("grpo",),
+    "loss_type": ("grpo",),
+    "importance_sampling": ("grpo",),
+    "reward": ("grpo",),
+    "completions_every": ("grpo",),
 }
+OBJECTIVE_NAMES = Literal["sft", "dpo", "ipo", "orpo", "simpo", "kto", "grpo"]
 
 
 class RunOptions(BaseModel):
@@ -60,11 +69,20 @@ class RunOptions(BaseModel):
     chunked_loss: bool = True  # cross-entropy a few rows at a time, never the full logits
     offload_activations: bool = False  # checkpointed layer inputs in pinned CPU memory (GPU only)
     # what the loss is (sft: the model's own); the knobs default to TRL's for the objective
-    objective: Literal["sft", "dpo", "ipo", "orpo", "simpo", "kto"] = "sft"
-    beta: float | None = Field(default=None, gt=0)
+    objective: OBJECTIVE_NAMES = "sft"
+    beta: float | None = Field(default=None, ge=0)  # > 0 for the preference objectives; grpo: 0 = no KL term
     simpo_gamma: float | None = Field(default=None, ge=0)
     desirable_weight: float | None = Field(default=None, gt=0)
     undesirable_weight: float | None = Field(default=None, gt=0)
+    # grpo (TRL GRPOConfig's names and defaults, train/grpo.py): G answers sampled per prompt, scored by the rewards
+    num_generations: int | None = Field(default=None, ge=2)  # the group baseline needs two
+    max_completion_length: int | None = Field(default=None, gt=0)
+    temperature: float | None = Field(default=None, gt=0)
+    epsilon: float | None = Field(default=None, gt=0)
+    loss_type: Literal["grpo", "dr_grpo", "dapo"] | None = None
+    importance_sampling: Literal["token", "sequence"] | None = None  # sequence: GSPO
+    reward: list[str] | None = None  # BUILTIN[=weight] or file.py:function[=weight]
+    completions_every: int | None = Field(default=None, gt=0)  # RUN/completions.jsonl every N steps
 
     from_run: str | None = None  # a finished run whose adapter continues to train (and is the reference)
     precompute_ref: bool = False  # the reference's log-probs once, before training, not every step
@@ -75,6 +93,8 @@ class RunOptions(BaseModel):
         for knob, objectives in KNOBS.items():
             if getattr(self, knob) is not None and self.objective not in objectives:
                 raise ValueError(f"{knob} applies to objective {' or '.join(objectives)}, not {self.objective}")
+        if self.beta == 0 and self.objective != "grpo":
+            raise ValueError(f"beta must be > 0 for {self.objective} (0 is grpo's: no KL term)")
         if self.from_run is not None and self.objective == "sft":
             raise ValueError("from_run applies to the preference objectives (dpo, ipo, orpo, simpo, kto), not sft")
         if self.precompute_ref and self.objective not in ("dpo", "ipo"):

@@ -98,7 +98,13 @@ class ComponentTrainer(Trainer):
         self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
     ) -> Any:
         if self.objective is not None:
+            if hasattr(self.objective, "begin_step"):  # grpo: which step's answers it samples
+                self.objective.begin_step(self.state.global_step + 1)
             loss, metrics = self.objective.loss(model, inputs)
+            if hasattr(self.objective, "tokens"):  # grpo's sequences exist only inside the loss
+                self.tokens_seen += self.objective.tokens
+                self.objective.tokens = 0
+                self.saw_image = self.saw_image or self.objective.saw_image
             mode = self.metrics["train" if model.training else "eval"]
             for key, value in metrics.items():
                 mode.setdefault(key, []).append(float(value))
@@ -305,6 +311,8 @@ class Progress(TrainerCallback):
             info += f" · margin {logs['rewards/margins']:+.3f}"
         if "rewards/accuracies" in logs:
             info += f" · acc {logs['rewards/accuracies']:.2f}"
+        if "reward" in logs:  # grpo: the sampled answers' mean reward
+            info += f" · reward {logs['reward']:.3f}"
         if self.trainer is not None:
             info += f" · {self.trainer.tokens_seen / elapsed:,.0f} tok/s"
         self.bar.update(self.task, completed=state.global_step, info=info)

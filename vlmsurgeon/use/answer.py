@@ -38,6 +38,7 @@ class Answer:
     tokens: int  # new tokens generated
     prompt_tokens: int
     seconds: float
+    ids: list[int] = field(default_factory=list)  # the new tokens, for rewards that read completion_ids
 
 
 def _media_count(messages: list[dict[str, Any]], kind: str) -> int:
@@ -267,7 +268,8 @@ def answer(
     seconds = time.perf_counter() - start
     prompt_tokens = int(inputs["input_ids"].shape[1])
     new = output[0, prompt_tokens:]
-    return Answer(tokenizer.decode(new, skip_special_tokens=True), int(new.numel()), prompt_tokens, seconds)
+    text = tokenizer.decode(new, skip_special_tokens=True)
+    return Answer(text, int(new.numel()), prompt_tokens, seconds, new.tolist())
 
 
 def user_turn(text: str, images: int = 0, videos: int = 0) -> dict[str, Any]:

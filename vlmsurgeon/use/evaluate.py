@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from vlmsurgeon.data.preference import ANSWERLESS
 from vlmsurgeon.data.rows import BadRow, Sample, load_dataset_rows
 from vlmsurgeon.errors import BadInput
 
@@ -186,6 +187,13 @@ def load_rows(
     skipped.sort(key=lambda b: b.line)
     if not rows:
         first = f": {skipped[0]}" if skipped else ""
+        prompts = [b for b in skipped if b.reason == ANSWERLESS]
+        if prompts:
+            raise BadInput(
+                f"eval: {data} has no row to evaluate: {len(prompts)} of {len(skipped)} row(s) are prompts with "
+                f"no answer to compare with (first: {prompts[0].unit} {prompts[0].line})",
+                "score the answers with --reward, e.g. --reward exact against each row's 'solution'",
+            )
         raise BadInput(
             f"eval: {data} has no row to evaluate ({len(skipped)} row(s) skipped{first})",
             "each row needs a user turn and an assistant turn to compare against",
