@@ -1,5 +1,5 @@
-"""Commands that ship a model: `merge`, `diff`, and `tiny` (the random model tests and CI start
-from). Registered on the app by `cli.py`, like `cli_try.py`'s commands."""
+"""Commands that ship a model: `merge`, `diff`, `extract`, `graft`, and `tiny` (the random model tests
+and CI start from). Registered on the app by `cli.py`, like `cli_try.py`'s commands."""
 
 from __future__ import annotations
 
@@ -142,6 +142,94 @@ def diff(
         print_diff(result)
 
 
+def extract(
+    model: Path = typer.Argument(..., help="Model directory, or a finetune run / adapter (merged first, beside OUT)."),
+    component: str = typer.Option("lm", "--component", help="What to take out: lm (the language model and its head)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Export directory (built beside it, renamed at the end)."),
+    verify: bool = typer.Option(
+        False, "--verify", help="A text-only prompt through the VLM and the export, in fp32: ok within 1e-5."
+    ),
+    force: bool = typer.Option(
+        False, "--force", help="Replace an existing OUT folder; write a family whose text path is not the plain LM."
+    ),
+    max_shard_size: str = typer.Option("5GB", "--max-shard-size", help="Largest output shard."),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print one JSON object: out, architecture, tensors, tied, and the verify result when run."
+    ),
+) -> None:
+    """Write a VLM's language model as its own checkpoint: AutoModelForCausalLM and AutoTokenizer load it."""
+    _quiet_libraries()
+    from vlmsurgeon.errors import CheckFailed
+    from vlmsurgeon.ship.extract import extract as run_extract
+
+    summary = run_extract(
+        model, out, component=component, force=force, verify=verify, max_shard_bytes=_size(max_shard_size)
+    )
+    if summary["forced"]:
+        print(f"vlmsurgeon: warning: written with --force: {summary['forced']}", file=sys.stderr)
+    verdict = summary.get("verify")
+    if as_json:
+        print(json.dumps(summary))
+    else:
+        from vlmsurgeon.ship.textprobe import line
+
+        from .render import print_wrapped
+
+        head = "head tied to the embeddings" if summary["tied"] else "own head"
+        print_wrapped(
+            f"{out}: the {summary['family']} language model as {summary['architecture']}, {summary['tensors']} "
+            f"tensors ({summary['params']:,} parameters), {head}, {summary['dtype']}, {summary['shards']} shard(s)"
+        )
+        if summary["left_out"]:
+            print_wrapped(
+                f"left out: {len(summary['left_out'])} LM tensor(s) outside its decoder and head "
+                f"({', '.join(summary['left_out'][:3])})"
+            )
+        if verdict:
+            print_wrapped(line(verdict))
+    if verdict and not verdict["ok"]:
+        raise CheckFailed(
+            f"verify: the extracted LM's logits differ from the VLM's by {verdict['max_abs_logit_delta']:.3g}",
+            "see docs/extract.md for the families whose text path is not the plain LM",
+        )
+
+
+def graft(
+    base: Path = typer.Argument(..., help="The checkpoint that receives the components (a model directory)."),
+    lm: Path | None = typer.Option(
+        None,
+        "--lm",
+        help="Language model and head from FROM: a text model (as extract writes) or a VLM of BASE's family.",
+    ),
+    vision: Path | None = typer.Option(None, "--vision", help="Vision encoder from FROM, a VLM of BASE's family."),
+    merger: Path | None = typer.Option(None, "--merger", help="Merger/projector from FROM, a VLM of BASE's family."),
+    out: Path = typer.Option(..., "--out", "-o", help="Export directory (built beside it, renamed at the end)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing OUT folder (never a file)."),
+    max_shard_size: str = typer.Option("5GB", "--max-shard-size", help="Largest output shard."),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print one JSON object: out, base, and per component its source and tensors grafted."
+    ),
+) -> None:
+    """BASE with components from other checkpoints; every tensor must be found and fit, else nothing is written."""
+    _quiet_libraries()
+    from vlmsurgeon.ship.graft import graft as run_graft
+
+    donors = {name: path for name, path in (("lm", lm), ("vision", vision), ("merger", merger)) if path is not None}
+    summary = run_graft(base, out, donors, force=force, max_shard_bytes=_size(max_shard_size))
+    if as_json:
+        print(json.dumps(summary))
+        return
+    from .render import print_wrapped
+
+    parts = [f"{name} from {c['from']} ({c['tensors']} tensors)" for name, c in summary["components"].items()]
+    print_wrapped(f"{out}: {base} with {', '.join(parts)}; {summary['shards']} shard(s)")
+    for name, c in summary["components"].items():
+        for key, rows in c["vocab_rows_kept"].items():
+            print_wrapped(f"{name}: kept BASE's last {rows} rows of {key} (beyond FROM's vocabulary)")
+        if c.get("left"):
+            print_wrapped(f"{name}: kept BASE's {len(c['left'])} LM tensor(s) the text model has no place for")
+
+
 def tiny(
     model_type: str | None = typer.Argument(None, help="Family, e.g. qwen2_vl, llava, paligemma."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Directory to write (must not exist)."),
@@ -170,4 +258,6 @@ def tiny(
 def register(app: Any) -> None:
     app.command()(merge)
     app.command()(diff)
+    app.command()(extract)
+    app.command()(graft)
     app.command()(tiny)

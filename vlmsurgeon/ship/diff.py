@@ -80,7 +80,8 @@ def open_source(path: Path) -> Any:
     if not path.is_dir():
         raise BadInput(f"'{path}': no such directory", "pass two checkpoints or a checkpoint and a run dir")
     record = path / "vlmsurgeon.json"
-    if record.is_file() and "vlmsurgeon_merge" not in read_json(record):
+    exports = ("vlmsurgeon_merge", "vlmsurgeon_graft", "vlmsurgeon_extract")  # checkpoints, not runs
+    if record.is_file() and not any(key in read_json(record) for key in exports):
         return RunSource(path)
     if (path / "adapter_config.json").is_file():  # a bare adapter: its base with the adapter applied
         return RunSource(path)
