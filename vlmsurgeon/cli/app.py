@@ -131,6 +131,11 @@ def plan(
     no_chunked: bool = typer.Option(
         False, "--no-chunked-loss", help="Price the full logits, as finetune --no-chunked-loss holds them."
     ),
+    packing: bool = typer.Option(
+        False,
+        "--packing",
+        help="Price packed sequences, as finetune --packing trains them: --seq-len real tokens each.",
+    ),
     objective: str | None = OBJECTIVE["objective"],
     beta: float | None = OBJECTIVE["beta"],
     simpo_gamma: float | None = OBJECTIVE["simpo_gamma"],
@@ -189,6 +194,7 @@ def plan(
         gradient_checkpointing=False if no_ckpt else None,
         quantize=quantize,
         chunked_loss=False if no_chunked else None,
+        packing=packing or None,
         objective=objective,
         beta=beta,
         simpo_gamma=simpo_gamma,
@@ -218,6 +224,7 @@ def plan(
         opts.gradient_checkpointing,
         max_pixels=from_pixels,
         chunked_loss=opts.chunked_loss,
+        packing=opts.packing,
         # the knobs finetune would use
         objective=plan_objective(
             opts.objective, grpo_record(opts) if opts.objective == "grpo" else resolved_knobs(opts)

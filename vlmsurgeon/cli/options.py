@@ -70,3 +70,9 @@ GRPO = {
         help="grpo: write step 1's and every N-th step's answers to RUN/completions.jsonl." + _default("10"),
     ),
 }
+
+# --packing: the same flag for `finetune`, `plan` and `data check`
+PACKING_HELP = (
+    "Pack rows into sequences of --seq-len tokens, kept apart (positions restart per row); "
+    "sft only, families in `vlmsurgeon tiny --list`."
+)

@@ -440,7 +440,9 @@ def print_diff(result: Any, console: Console | None = None) -> None:
 
 
 def print_families(families: dict[str, Any]) -> None:
-    """`tiny --list`: one family a line (model_type, processor, video input, training notes)."""
+    """`tiny --list`: one family a line (model_type, processor, video input, whether --packing packs
+    it, training notes)."""
+    from vlmsurgeon.model.packing import PACKS
     from vlmsurgeon.model.support import UNSUPPORTED
     from vlmsurgeon.tiny.build import video_placeholder
 
@@ -448,14 +450,16 @@ def print_families(families: dict[str, Any]) -> None:
     for name in sorted(families):
         family = families[name]
         video = "image+video" if video_placeholder(family) else "image"
+        packs = "packs" if name in PACKS else "-"
         blocker = UNSUPPORTED.get(name)
         note = ""
         if blocker is not None:
             note = (
                 f"  finetune: no ({blocker.reason})" if blocker.when == "always" else f"  finetune: needs {blocker.fix}"
             )
-        print(f"{name:<{width}}  {family.processor:<28} {video}{note}".rstrip())
-    print(f"{len(families)} families")
+        print(f"{name:<{width}}  {family.processor:<28} {video:<11}  {packs:<5}{note}".rstrip())
+    packed = sum(name in PACKS for name in families)
+    print(f"{len(families)} families; {packed} pack (finetune --packing keeps their rows apart; docs/finetune.md)")
 
 
 def print_data_report(report: Any, console: Console | None = None) -> None:
@@ -495,6 +499,8 @@ def print_data_report(report: Any, console: Console | None = None) -> None:
             f"for --max-completion-length {prompts['completion_tokens']:,}; columns for the rewards: {columns}",
             soft_wrap=True,
         )
+    if report.packing is not None:
+        console.print(report.packing.line(), soft_wrap=True)
     console.print(f"truncated: {report.truncated} · over the limit: {len(report.over_limit)} · bad: {len(report.bad)}")
     for row in [*report.over_limit, *report.bad][:20]:
         console.print(f"  {escape(str(row))}", soft_wrap=True)

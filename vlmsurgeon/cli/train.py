@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from .options import GRPO, MEDIA, OBJECTIVE, _default
+from .options import GRPO, MEDIA, OBJECTIVE, PACKING_HELP, _default
 from .use import TRUST_HELP
 from .use import quiet_libraries as _quiet_libraries
 
@@ -43,6 +43,7 @@ def finetune(
         False, "--offload-activations", help="GPU only: keep checkpointed layer inputs in pinned CPU memory."
     ),
     skip_bad_rows: bool = typer.Option(False, "--skip-bad-rows", help="Train without the rows that fail validation."),
+    packing: bool = typer.Option(False, "--packing", help=PACKING_HELP),
     resume: bool = typer.Option(False, "--resume", help="Continue from the newest complete checkpoint."),
     resume_changed: str | None = typer.Option(
         None,
@@ -117,6 +118,7 @@ def finetune(
         gradient_checkpointing=False if no_ckpt else None,
         chunked_loss=False if no_chunked_loss else None,
         offload_activations=offload_activations or None,
+        packing=packing or None,
         strict_grads=strict_grads or None,
         image_root=image_root,
         max_pixels=max_pixels,
@@ -166,6 +168,11 @@ def data_check(
     objective: str | None = OBJECTIVE["objective"],
     max_completion_length: int | None = GRPO["max_completion_length"],
     reward: list[str] | None = GRPO["reward"],
+    packing: bool = typer.Option(False, "--packing", help=PACKING_HELP),
+    batch_size: int | None = typer.Option(
+        None, "--batch-size", help="With --packing: the run's batch size, for the padding share." + _default(1)
+    ),
+    seed: int | None = typer.Option(None, "--seed", help="With --packing: the run's seed." + _default(0)),
     as_json: bool = typer.Option(False, "--json", help="Print the report as one JSON object."),
 ) -> None:
     """What finetune's validation finds, without training: rows per format, media, token lengths, bad rows."""
@@ -187,6 +194,16 @@ def data_check(
             "data check: --max-completion-length and --reward apply to --objective grpo",
             "pass --objective grpo, or leave them out",
         )
+    if packing and objective not in (None, "sft"):
+        raise BadInput(
+            f"data check: --packing applies to objective sft only for now, not {objective}",
+            "drop --packing, or check the rows as sft",
+        )
+    if not packing and (batch_size is not None or seed is not None):
+        raise BadInput(
+            "data check: --batch-size and --seed size the padding figures of --packing",
+            "add --packing, or leave them out",
+        )
     if max_completion_length is not None and max_completion_length < 1:
         raise BadInput(
             f"data check: --max-completion-length {max_completion_length}: must be at least 1",
@@ -204,6 +221,8 @@ def data_check(
             video_frames=video_frames,
             video_fps=video_fps,
             **({"objective": objective} if objective and not grpo else {}),
+            **({"packing": True} if packing else {}),
+            **{k: v for k, v in (("batch_size", batch_size), ("seed", seed)) if v is not None},
         )
     except ValidationError as exc:
         raise BadInput(
@@ -219,9 +238,17 @@ def data_check(
         prompts["completion_tokens"] = max_completion_length or GrpoKnobs().max_completion_length
         prompts["required_columns"] = {r.name: r.columns for r in parse_rewards(reward or [])}
     rows = load_dataset_rows(data, image_root=image_root, kind=ROW_KIND["grpo" if grpo else opts.objective])
-    load_source(resolve(model))  # a missing or uncached model is named here, not by the processor loader
+    source = load_source(resolve(model))  # a missing or uncached model is named here, not by the processor loader
+    if packing:  # a family that cannot pack is said before its processor runs on every row
+        from vlmsurgeon.data.packing import check_packing
+
+        check_packing(source.model_type)
     processor, pixels = load_processor(model, opts)
     report, _ = check_rows(rows, make_collator(processor, opts), **prompts)
+    if packing:
+        from vlmsurgeon.data.packing import padding
+
+        report.packing = padding(report.tokens["total"], opts.seq_len, opts.batch_size, opts.seed)
     report.processor = pixels
     if as_json:
         print_json(report.to_json())

@@ -52,6 +52,7 @@ class DataReport:
     # Prompt rows only (grpo): `tokens` are the prompts', with the generation prompt
     completion_tokens: int = 0  # --max-completion-length: what each prompt must leave room for
     columns: dict[str, int] = field(default_factory=dict)  # usable rows with each column the rewards may read
+    packing: Any = None  # --packing: packing.Padding, the padding share before and after, sequences per epoch
 
     @property
     def skipped(self) -> int:
@@ -90,9 +91,11 @@ class DataReport:
         }
 
     def figures(self) -> dict[str, Any]:
-        """The objective's own figures, keyed as `to_json` and `record` give them."""
+        """The objective's own figures (and packing's), keyed as `to_json` and `record` give them."""
         if self.row_kind == PROMPT:
             return {"prompts": self.prompts()}
+        if self.packing is not None:
+            return {"packing": self.packing.to_json()}
         return {"preference": self.preference()} if self.row_kind != SFT else {}
 
     def to_json(self) -> dict[str, Any]:

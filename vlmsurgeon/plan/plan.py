@@ -10,6 +10,7 @@ from typing import Any
 from vlmsurgeon.errors import BadInput
 from vlmsurgeon.model.components import param_component
 from vlmsurgeon.model.inspection import meta_model
+from vlmsurgeon.model.packing import packing_blocker
 from vlmsurgeon.model.report import NF4_BITS, Breakdown, breakdown
 from vlmsurgeon.model.support import training_blocker
 from vlmsurgeon.model.tree import Node
@@ -47,6 +48,7 @@ class PlanSettings:
     chunked_loss: bool = True  # finetune's default; --no-chunked-loss holds the full logits
     # sft; a preference objective prices its pairs and its reference, grpo its groups and their generation
     objective: Objective = Objective()
+    packing: bool = False  # finetune --packing: every sequence full, --seq-len real tokens, images of several rows
 
 
 @dataclass
@@ -191,6 +193,8 @@ def plan_model(
             memory, scale, largest_unit(tree, loading.quantized), settings.gradient_checkpointing
         )
     result.notes.extend(n for n in (loading.reason, pixel_note, _objective_note(settings)) if n)
+    if settings.packing:
+        result.notes.append(_packing_note(source.model_type, settings))
     result.notes.extend(moe_notes(tree, report, applied, loading))
     blocker = training_blocker(model.config)
     if blocker:
@@ -217,6 +221,25 @@ def _objective_note(settings: PlanSettings) -> str | None:
     return None
 
 
+def packed_images(settings: PlanSettings) -> int:
+    """Images priced per sequence: one sample's, or with packing as many whole images as fill
+    --seq-len (a packed sequence holds several rows, every token real)."""
+    if settings.packing and settings.image_tokens:
+        return max(1, settings.seq_len // settings.image_tokens)
+    return 1
+
+
+def _packing_note(model_type: str, settings: PlanSettings) -> str:
+    blocker = packing_blocker(model_type)
+    if blocker is not None:
+        return f"finetune --packing refuses this model: {blocker}"
+    images = packed_images(settings)
+    return (
+        f"packed: each sequence priced full, {settings.seq_len:,} real tokens, its vision encoder on up to "
+        f"{images} image(s) of {settings.image_tokens:,} tokens"
+    )
+
+
 def _estimate(
     report: Breakdown, applied: Applied, loading: Loading, config: Any, settings: PlanSettings, dequantized: int = 0
 ) -> Estimate:
@@ -240,7 +263,7 @@ def _estimate(
         vocab=vocab,
         batch=settings.batch_size,
         seq_len=settings.seq_len,
-        vision_tokens=settings.image_tokens * merge,
+        vision_tokens=settings.image_tokens * merge * packed_images(settings),
         chunked=settings.chunked_loss,
         dequantized=dequantized,
         objective=settings.objective,

@@ -279,6 +279,10 @@ def _model_plan(reference: str, opts: RunOptions, trust_remote_code: bool) -> tu
     blocker = training_blocker(meta.config, opts)
     if blocker:
         raise BadInput(f"finetune: cannot train '{reference}': {blocker[0]}", blocker[1])
+    if opts.packing:  # a family whose forward cannot keep packed rows apart, before any weight loads
+        from vlmsurgeon.data.packing import check_packing
+
+        check_packing(source.model_type)
     if loading.reason:
         print(f"vlmsurgeon: warning: {loading.reason}", file=sys.stderr)
     return source, tree, preset, opts
@@ -323,6 +327,10 @@ def _prepare(
     collator = make_collator(processor, opts)
     report, rows = checked_rows(data, collator, opts, run_dir, "data")
     eval_rows = checked_rows(eval_data, collator, opts, run_dir, "eval data")[1] if eval_data else None
+    if opts.packing:  # the rows as packed sequences; evaluation rows stay one a sequence
+        from vlmsurgeon.data.packing import pack_rows
+
+        rows, collator = pack_rows(rows, report, collator, source.model_type, opts.batch_size, opts.seed)
     if opts.objective == "grpo":  # prompts: the answers are sampled at each step
         from .grpo import PromptCollator
 
@@ -387,6 +395,8 @@ def _train(run: _Run) -> FinetuneResult:
     set_seed(opts.seed)  # LoRA initialisation draws from the RNG: same seed, same adapter
     say(preparing_line(run.preset, present))
     applied = apply_preset(model, run.preset, run.source.model_type)
+    if opts.packing:  # M-RoPE families position packed rows with the model's own rope index
+        run.collator.bind(applied.model)
     if quantized:  # what trains in full gets fp32 master weights; frozen parts keep their dtype
         cast_trained(applied.model)
     if opts.from_run:
@@ -500,6 +510,8 @@ def print_data_summary(report: Any) -> None:
         f"(--seq-len {report.seq_len}); {report.truncated} truncated, {report.skipped} skipped",
         file=sys.stderr,
     )
+    if report.packing is not None:
+        print(f"data: {report.packing.line()}", file=sys.stderr)
     for note in report.notes:
         print(f"data: note: {note}", file=sys.stderr)
 

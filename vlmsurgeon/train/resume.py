@@ -47,6 +47,7 @@ FIXED = (
     "image_size",
     "video_frames",
     "video_fps",
+    "packing",
 )
 # Everything else (steps, epochs, save_every, eval_data, strict_grads, ...) is what a resume may
 # change: how long, how often, what is watched. Those changes are recorded, not refused.
@@ -70,6 +71,8 @@ def run_inputs(opts: Any, source: Any, preset: Any, data: Any, dtype: str) -> di
     """Every option, with the model, data and preset as resolved (paths absolute)."""
     ref = source.ref
     exclude = {"model", "output", "data", "objective", "from_run", "precompute_ref", *KNOBS}
+    if not opts.packing:  # recorded only when on: the records of runs without it stay as they were
+        exclude.add("packing")
     inputs = opts.model_dump(mode="json", exclude=exclude)
     if opts.objective != "sft":  # an SFT run's record stays as it was before objectives existed
         from .grpo import grpo_record

@@ -68,6 +68,7 @@ class RunOptions(BaseModel):
     strict_grads: bool = False
     chunked_loss: bool = True  # cross-entropy a few rows at a time, never the full logits
     offload_activations: bool = False  # checkpointed layer inputs in pinned CPU memory (GPU only)
+    packing: bool = False  # rows packed into sequences of --seq-len tokens, kept apart (data/packing.py)
     # what the loss is (sft: the model's own); the knobs default to TRL's for the objective
     objective: OBJECTIVE_NAMES = "sft"
     beta: float | None = Field(default=None, ge=0)  # > 0 for the preference objectives; grpo: 0 = no KL term
@@ -97,6 +98,8 @@ class RunOptions(BaseModel):
             raise ValueError(f"beta must be > 0 for {self.objective} (0 is grpo's: no KL term)")
         if self.from_run is not None and self.objective == "sft":
             raise ValueError("from_run applies to the preference objectives (dpo, ipo, orpo, simpo, kto), not sft")
+        if self.packing and self.objective != "sft":
+            raise ValueError(f"packing applies to objective sft only for now, not {self.objective}")
         if self.precompute_ref and self.objective not in ("dpo", "ipo"):
             raise ValueError(f"precompute_ref applies to dpo and ipo (a reference per pair), not {self.objective}")
         return self

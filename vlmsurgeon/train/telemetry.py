@@ -52,6 +52,7 @@ def summary_lines(
         )
     lines.append(
         f"steps: {max_steps} × batch {opts.batch_size}"
+        + (f" packed sequence(s) of up to {opts.seq_len} tokens" if getattr(opts, "packing", False) else "")
         + (f" × {opts.grad_accum} accumulated" if opts.grad_accum > 1 else "")
         + (f" · eval-generate {opts.eval_generate} row(s)" if opts.eval_generate else "")
         + (f" · report to {opts.report_to}" if opts.report_to != "none" else "")

@@ -16,6 +16,7 @@ from typing import Any
 from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback
 
+from vlmsurgeon.data.packing import REAL_TOKENS
 from vlmsurgeon.errors import CheckFailed, RuntimeFailure
 
 from .prepare import drop_input_grad_hooks
@@ -91,12 +92,15 @@ class ComponentTrainer(Trainer):
         mask = inputs.get("attention_mask")
         if mask is not None:
             self.tokens_seen += int(mask.sum())
+        if REAL_TOKENS in inputs:  # a packed batch has no attention mask: its collator counts them
+            self.tokens_seen += int(inputs.pop(REAL_TOKENS))
         self.saw_image = self.saw_image or any(k.startswith("pixel_values") for k in inputs)
         return super().training_step(model, inputs, *args, **kwargs)
 
     def compute_loss(
         self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
     ) -> Any:
+        inputs.pop(REAL_TOKENS, None)  # evaluation of packed batches: a count, not an input
         if self.objective is not None:
             if hasattr(self.objective, "begin_step"):  # grpo: which step's answers it samples
                 self.objective.begin_step(self.state.global_step + 1)
