@@ -199,9 +199,15 @@ def test_loss_metrics_and_gradients_equal_trl_grpo_trainer(family, tiny_models, 
         assert our_grads.keys() == trl_grads.keys() and all("lora_" in n for n in our_grads)
         vision = [n for n in our_grads if "visual" in n or "vision_tower" in n]
         assert vision and any(trl_grads[n].abs().max() > 0 for n in vision)
+        grad_diff = 0.0
         for name, theirs_grad in trl_grads.items():
             scale = max(1.0, theirs_grad.abs().max().item())
             torch.testing.assert_close(our_grads[name], theirs_grad, atol=2 * TOL * scale, rtol=1e-4)
+            grad_diff = max(grad_diff, (our_grads[name] - theirs_grad).abs().max().item() / scale)
+        print(
+            f"{family} {case}: loss {abs(loss.item() - trl_loss.item()):.1e}, metrics "
+            f"{max(abs(metrics[n].item() - trl_metrics[n]) for n in METRICS):.1e}, gradients {grad_diff:.1e}"
+        )
 
 
 def test_group_advantages_equal_trl_formula():
