@@ -18,7 +18,7 @@ from vlmsurgeon.fsutil import clean_leftovers
 from vlmsurgeon.model.sources import read_json
 
 from .provenance import versions
-from .shards import ITEMSIZE, TensorReader, numel, torch_uint8
+from .shards import ITEMSIZE, TensorReader, numel, torch_uint8, write_planned
 from .textlm import DIFFERS, NO_TEXT_MODEL, Pair, disk_pairs, text_lm
 
 COMPONENTS = ("lm",)
@@ -76,37 +76,19 @@ def write_copied(pairs: list[Pair], plan: list[list[tuple[str, tuple[int, ...], 
     """The planned shards (`pairs` in plan order), each header known before any data: a tensor kept
     as stored is copied from its file in chunks, never whole in memory; one that is transposed on the
     way is read, transposed and written, alone in memory. Like shards.write_shards otherwise."""
-    weight_map: dict[str, str] = {}
     queue = iter(pairs)
     readers: dict[Path, TensorReader] = {}
+
+    def write(fh: Any, name: str, shape: tuple[int, ...], dtype: str) -> None:
+        pair = next(queue)
+        reader = readers.get(pair.file) or readers.setdefault(pair.file, TensorReader(pair.file))
+        _write_one(reader, pair, fh)
+
     try:
-        for i, entries in enumerate(plan, start=1):
-            final = "model.safetensors" if len(plan) == 1 else f"model-{i:05d}-of-{len(plan):05d}.safetensors"
-            header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
-            offset = 0
-            for name, shape, dtype in entries:
-                nbytes = ITEMSIZE[dtype] * numel(shape)
-                header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
-                offset += nbytes
-            raw = json.dumps(header, separators=(",", ":")).encode()
-            raw += b" " * (-len(raw) % 8)
-            part = out / f".part-{i:05d}.safetensors"
-            with part.open("wb") as fh:
-                fh.write(len(raw).to_bytes(8, "little") + raw)
-                for _ in entries:
-                    pair = next(queue)
-                    reader = readers.get(pair.file) or readers.setdefault(pair.file, TensorReader(pair.file))
-                    _write_one(reader, pair, fh)
-            part.rename(out / final)
-            weight_map.update({name: final for name, _, _ in entries})
+        return write_planned(plan, out, write)
     finally:
         for reader in readers.values():
             reader.__exit__()
-    if len(plan) > 1:
-        (out / "model.safetensors.index.json").write_text(
-            json.dumps({"metadata": {}, "weight_map": weight_map}, indent=2)
-        )
-    return weight_map
 
 
 def _write_one(reader: TensorReader, pair: Pair, fh: Any) -> None:

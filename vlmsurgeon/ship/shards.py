@@ -4,7 +4,7 @@ reader uses plain reads (no mmap), the writer knows each file's header before an
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -84,13 +84,13 @@ def numel(shape: tuple[int, ...]) -> int:
     return n
 
 
-def write_shards(
-    tensors: Iterator[tuple[str, Any]], plan: list[list[tuple[str, tuple[int, ...], str]]], out: Path
-) -> dict[str, str]:
-    """Write the planned shards tensor by tensor: each file's header is known in advance, so
-    no more than one tensor is held at a time (safetensors' save_file would buffer a shard)."""
-    import struct
+Plan = list[list[tuple[str, tuple[int, ...], str]]]
 
+
+def write_planned(plan: Plan, out: Path, write: Callable[[Any, str, tuple[int, ...], str], None]) -> dict[str, str]:
+    """Write the planned shards: each file's header is known in advance, then `write(fh, name,
+    shape, dtype)` writes each tensor's bytes in order, so no more than one tensor need be held at a
+    time (safetensors' save_file would buffer a shard). Each shard is renamed into place when whole."""
     weight_map: dict[str, str] = {}
     total = len(plan)
     for i, entries in enumerate(plan, start=1):
@@ -105,13 +105,9 @@ def write_shards(
         raw += b" " * (-len(raw) % 8)
         part = out / f".part-{i:05d}.safetensors"
         with part.open("wb") as fh:
-            fh.write(struct.pack("<Q", len(raw)) + raw)
+            fh.write(len(raw).to_bytes(8, "little") + raw)
             for name, shape, dtype in entries:
-                key, tensor = next(tensors)
-                if key != name or tuple(tensor.shape) != tuple(shape) or _ST_DTYPES[str(tensor.dtype)[6:]] != dtype:
-                    raise RuntimeError(f"merge: {key} does not match the planned {name} {shape} {dtype}")
-                fh.write(memoryview(tensor.contiguous().reshape(-1).view(torch_uint8()).numpy()))
-                del tensor
+                write(fh, name, shape, dtype)
         part.rename(out / final)
         weight_map.update({name: final for name, _, _ in entries})
     if total > 1:
@@ -119,6 +115,18 @@ def write_shards(
             json.dumps({"metadata": {}, "weight_map": weight_map}, indent=2)
         )
     return weight_map
+
+
+def write_shards(tensors: Iterator[tuple[str, Any]], plan: Plan, out: Path) -> dict[str, str]:
+    """The planned shards from `tensors` in plan order, each checked against its plan entry."""
+
+    def write(fh: Any, name: str, shape: tuple[int, ...], dtype: str) -> None:
+        key, tensor = next(tensors)
+        if key != name or tuple(tensor.shape) != tuple(shape) or _ST_DTYPES[str(tensor.dtype)[6:]] != dtype:
+            raise RuntimeError(f"merge: {key} does not match the planned {name} {shape} {dtype}")
+        fh.write(memoryview(tensor.contiguous().reshape(-1).view(torch_uint8()).numpy()))
+
+    return write_planned(plan, out, write)
 
 
 def torch_uint8() -> Any:
