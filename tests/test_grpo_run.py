@@ -179,6 +179,7 @@ def test_a_broken_user_reward_stops_the_run_naming_it_and_the_row(
         (["--objective", "grpo", "--reward", "exact", "--num-generations", "1"], "num_generations"),
         (["--objective", "dpo", "--num-generations", "4"], "num_generations applies to objective grpo"),
         (["--objective", "dpo", "--beta", "0"], "beta must be > 0 for dpo"),
+        (["--objective", "grpo", "--reward", "exact", "--eval-generate", "2"], "grpo's prompt rows have none"),
         (["--objective", "grpo", "--reward", "exact", "--max-completion-length", "500"], "--max-completion-length"),
     ],
 )

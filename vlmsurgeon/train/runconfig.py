@@ -96,6 +96,11 @@ class RunOptions(BaseModel):
                 raise ValueError(f"{knob} applies to objective {' or '.join(objectives)}, not {self.objective}")
         if self.beta == 0 and self.objective != "grpo":
             raise ValueError(f"beta must be > 0 for {self.objective} (0 is grpo's: no KL term)")
+        if self.eval_generate is not None and self.objective == "grpo":
+            raise ValueError(
+                "eval_generate scores answers against each row's answer, and grpo's prompt rows have none "
+                "(its eval loss samples and scores answers; `vlmsurgeon eval RUN --reward …` after training)"
+            )
         if self.from_run is not None and self.objective == "sft":
             raise ValueError("from_run applies to the preference objectives (dpo, ipo, orpo, simpo, kto), not sft")
         if self.packing and self.objective != "sft":
