@@ -44,8 +44,9 @@ it: VmHWM of the side's process on a CPU (the highest of loading's and each trai
 torch.cuda.max_memory_allocated on a GPU; training's own peak is printed apart (on a CPU loading's
 high-water mark counts the checkpoint's mapped pages, and at 28 LM layers it is the process's peak
 under --heap live). Under glibc's heap (the default, as a user's run has it) RSS also keeps freed
-heap, which grows with the layer count on both sides (8 LM layers: +1.7 GiB over the live
-tensors); --heap live (MALLOC_MMAP_THRESHOLD_=1MiB) reads the live tensors, at the cost of page
+heap, which grows with the layer count (8 LM layers: +1.7 GiB over the live tensors); since
+2026-12-02 `finetune` sets the 1 MiB mmap threshold itself on a CPU (vlmsurgeon/train/heap.py),
+so this holds for TRL's side only; --heap live (MALLOC_MMAP_THRESHOLD_=1MiB) reads the live tensors, at the cost of page
 faults that slow a CPU step. Per phase of each step (reference forward, policy forward,
 vlmsurgeon's log-prob heads, which run after the model's forward, backward, optimizer) the peak
 and the seconds are printed for the last step. Each side's sequence lengths and scored (answer)

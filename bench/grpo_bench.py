@@ -48,7 +48,11 @@ sequences: TRL's fused log-prob head runs inside the model's forward, vlmsurgeon
 lengths and image patches per step are recorded and compared: a random-weight model rarely samples
 an end token, so every answer should run to L tokens on both sides; a step where they do not is
 said (the work per step then differs). The last line reads
-`peak memory ratio R (vlmsurgeon/TRL), step time ratio S`."""
+`peak memory ratio R (vlmsurgeon/TRL), step time ratio S`.
+
+--heap glibc (the default) runs each side as a user runs it: TRL with glibc's own allocator
+settings, `finetune` with the 1 MiB mmap threshold it sets itself on a CPU (since 2026-12-02,
+vlmsurgeon/train/heap.py); --heap live gives both sides that threshold."""
 
 from __future__ import annotations
 

@@ -11,7 +11,9 @@ reused. Each side runs in its own process (this script with --side); the vlmsurg
 Peak memory: VmHWM of the side's process on the CPU (not ru_maxrss, which survives fork+exec and
 would count the parent), with glibc's defaults unless `--heap live` (MALLOC_MMAP_THRESHOLD_=1MiB:
 a freed tensor leaves RSS at once instead of staying in glibc's heap, but the page faults slow
-a CPU step); torch.cuda.max_memory_allocated on a GPU. The last line reads
+a CPU step); torch.cuda.max_memory_allocated on a GPU. Under the defaults each side runs as a user
+runs it: the hand-written loop with glibc's own settings, `finetune` with what it sets itself on
+a CPU (the same 1 MiB threshold, since 2026-12-02: vlmsurgeon/train/heap.py). The last line reads
 `peak memory ratio R (vlmsurgeon/baseline), step time ratio S`."""
 
 from __future__ import annotations
@@ -307,11 +309,19 @@ class PhasePeaks:
         self.steps: list[dict[str, float]] = []
         self.train = 0.0
         self.ok = reset_peak()
+        self.seconds: list[dict[str, float]] = []  # each step's phases' wall time, as the peaks
+        self.last = time.perf_counter()
 
     def begin_step(self) -> None:
         self.steps.append({})
+        self.seconds.append({})
+        self.last = time.perf_counter()
 
     def mark(self, phase: str) -> None:
+        now = time.perf_counter()
+        if self.seconds:
+            self.seconds[-1][phase] = self.seconds[-1].get(phase, 0.0) + now - self.last
+        self.last = now
         if not self.ok:
             return
         peak = status_kib("VmHWM") / 1024
@@ -346,6 +356,7 @@ def run_vlmsurgeon(model: Path, data: Path, args: argparse.Namespace) -> tuple[l
             self.phases = PhasePeaks()
             marks["phase_peaks_mib"] = self.phases.peaks
             marks["step_phase_peaks_mib"] = self.phases.steps
+            marks["step_phase_s"] = self.phases.seconds
             if model is not None:
                 model.register_forward_hook(lambda *_: self.phases.mark("forward"))
 
@@ -353,6 +364,7 @@ def run_vlmsurgeon(model: Path, data: Path, args: argparse.Namespace) -> tuple[l
             self.phases.mark("between")  # whatever ran since the last step ended
             self.phases.begin_step()
             self.start = time.perf_counter()
+            self.cpu = time.process_time()
 
         def on_pre_optimizer_step(self, *a: Any, **k: Any) -> None:
             self.phases.mark("backward")
@@ -361,6 +373,7 @@ def run_vlmsurgeon(model: Path, data: Path, args: argparse.Namespace) -> tuple[l
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - self.start)
+            marks.setdefault("cpu_step_s", []).append(time.process_time() - self.cpu)
             self.phases.mark("optimizer")
 
     original = parts.make_trainer
@@ -431,9 +444,10 @@ def run_baseline(model: Path, data: Path, args: argparse.Namespace) -> tuple[lis
     phases = PhasePeaks()
     marks["phase_peaks_mib"] = phases.peaks
     marks["step_phase_peaks_mib"] = phases.steps
+    marks["step_phase_s"] = phases.seconds
     for _ in range(args.warmup + args.steps):
         phases.begin_step()
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         with torch.autocast(device, dtype=torch.bfloat16, enabled=cuda and args.dtype == "bf16"):
             loss = net(**batch, labels=labels).loss
         phases.mark("forward")
@@ -445,6 +459,7 @@ def run_baseline(model: Path, data: Path, args: argparse.Namespace) -> tuple[lis
         if cuda:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
+        marks.setdefault("cpu_step_s", []).append(time.process_time() - cpu)
         phases.mark("optimizer")
     return times, marks
 
@@ -543,7 +558,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         "--heap",
         choices=("live", "glibc"),
         default="glibc",
-        help="glibc (default): the allocator's defaults, as a user's run has them; RSS then "
+        help="glibc (default): each side's allocator as a user's run has it (finetune sets a "
+        "1 MiB mmap threshold itself on a CPU); the loop's RSS then "
         "also keeps freed heap. live: each side runs with MALLOC_MMAP_THRESHOLD_=1MiB, so "
         "that its RSS follows the tensors alive (every large freed block goes back at "
         "once), at the cost of page faults that slow a CPU step",
@@ -583,8 +599,21 @@ def main() -> None:
             f"{side:10s} peak {r[key]:8.0f} MiB ({key}; RSS after imports {r['rss_after_imports_mib']:.0f} MiB)"
             f"  mean step {mean:8.2f} s  steps {[round(s, 2) for s in r['all_steps_s']]}"
         )
+        phases = ", ".join(f"{k} {v:.0f}" for k, v in r.get("phase_peaks_mib", {}).items())
+        print(
+            f"{'':10s} RSS at train begin {r.get('rss_train_begin_mib', 0):.0f} MiB, loading's peak "
+            f"{r.get('peak_before_train_mib', 0):.0f} MiB; last step's phase peaks (MiB): {phases}"
+        )
+        if r.get("cpu_step_s"):
+            print(f"{'':10s} CPU seconds per step (all threads): {[round(s, 1) for s in r['cpu_step_s']]}")
+        if r.get("step_phase_s"):
+            seconds = ", ".join(f"{k} {v:.1f}" for k, v in r["step_phase_s"][-1].items())
+            print(f"{'':10s} last step's phases (s): {seconds}")
     ratio = sides["vlmsurgeon"][key] / sides["baseline"][key]
     step = sides["vlmsurgeon"]["mean_step_s"] / sides["baseline"]["mean_step_s"]
+    cpu = [sum(r.get("cpu_step_s", [0])[args.warmup :]) for r in (sides["vlmsurgeon"], sides["baseline"])]
+    if all(cpu):
+        print(f"CPU-second ratio {cpu[0] / cpu[1]:.2f} (timed steps; steadier than wall time on a shared machine)")
     print(f"peak memory ratio {ratio:.2f} (vlmsurgeon/baseline), step time ratio {step:.2f}")
 
 

@@ -13,6 +13,9 @@ from .objective import Objective
 
 LORA_BYTES = 4  # peft keeps adapters in fp32 (autocast_adapter_dtype)
 HALF = 2  # bf16
+# A frozen component that is not 4-bit, as held: bf16, also in an fp32 run, where finetune keeps
+# frozen blocks in the checkpoint's 16 bits and widens them per call (train/compact.py).
+STORED = 2
 
 
 @dataclass(frozen=True)
@@ -152,7 +155,8 @@ def no_grad_forward_bytes(
 def weight_bytes(c: ComponentMemory) -> int:
     if c.quantized:
         return int(c.linear * NF4_BITS / 8) + HALF * (c.params - c.linear)
-    return HALF * c.params
+    # LoRA inside its blocks makes them record a graph: those stay in the compute dtype
+    return (HALF if c.lora_trainable else STORED) * c.params
 
 
 def stack_activations(dims: Dims | None, tokens: int, checkpointing: bool) -> int:
@@ -213,7 +217,12 @@ def estimate(
     full = sum(c.full_trainable for c in components.values())
     lora = sum(c.lora_trainable for c in components.values())
     master = 4 if any(c.quantized for c in components.values()) else HALF
-    copies = full * (master if lora else master - HALF)
+    # what trains in full: a master copy beside the original (peft's modules_to_save, next to
+    # LoRA), or the original itself at the master's width
+    copies = sum(
+        c.full_trainable * (master if lora else master - (HALF if c.lora_trainable else STORED))
+        for c in components.values()
+    )
     trains_before_head = any(c.full_trainable or c.lora_trainable for name, c in components.items() if name != "head")
     vision_trains = any(
         components[n].full_trainable or components[n].lora_trainable for n in ("vision",) if n in components

@@ -164,6 +164,12 @@ def _main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def _dtype(opts: RunOptions) -> Any:
     import torch
 
@@ -383,13 +389,18 @@ def _train(run: _Run) -> FinetuneResult:
     from vlmsurgeon.recipe.preset import loaded_4bit
     from vlmsurgeon.ship.provenance import write_run_outputs
 
-    from .distributed import fit_engine, trained_names, trained_state
+    from .distributed import fit_engine, sharded_engine, trained_names, trained_state
     from .prepare import cast_trained
     from .telemetry import EvalGenerate, Summary, loading_line, preparing_line, say, starting_line, summary_lines
     from .trainer import GradCheck, JsonlLog, MarkComplete, Progress, StopOnSignal, make_trainer
 
     opts, run_dir = run.opts, run.run_dir
     present = present_components(run.tree)
+    from .heap import return_freed_blocks
+
+    heap = return_freed_blocks(cuda=_cuda())
+    if heap:
+        say(heap)
     say(loading_line(run.reference, loaded_4bit(run.preset, present, opts.quantize).quantized, _dtype_name(opts)))
     model, quantized = _load_model(run)
     set_seed(opts.seed)  # LoRA initialisation draws from the RNG: same seed, same adapter
@@ -403,6 +414,12 @@ def _train(run: _Run) -> FinetuneResult:
         from .preference import start_from
 
         say(f"starting from {opts.from_run}: {start_from(applied, opts.from_run)} trained tensor(s) loaded")
+    if _dtype_name(opts) == "fp32" and not sharded_engine():  # frozen blocks back in 16 bits, losslessly
+        from .compact import compact_frozen, compacted_line
+
+        line = compacted_line(compact_frozen(applied.model))
+        if line:
+            say(line)
     stop = StopOnSignal()
     grads = GradCheck(applied, opts.strict_grads)
     callbacks = [
