@@ -128,7 +128,7 @@ def test_other_families_step_the_same_to_the_bit(bf16_models, shapes, family):
     assert result.restored == []
 
 
-def test_a_block_a_graph_passes_through_goes_back_to_fp32():
+def test_a_block_a_graph_passes_through_goes_back_to_fp32(capsys):
     torch.manual_seed(0)
     layers = torch.nn.ModuleList(torch.nn.Linear(4, 4) for _ in range(2))
     for p in layers.parameters():
@@ -144,6 +144,7 @@ def test_a_block_a_graph_passes_through_goes_back_to_fp32():
     out = layers[1](layers[0](wanted))
     assert torch.equal(out, expected)
     assert result.restored == ["0", "1"]
+    assert "frozen block 0 is on a gradient's path: back to fp32" in capsys.readouterr().err
     assert {p.dtype for p in layers.parameters()} == {torch.float32}  # for good
     out.sum().backward()
     assert wanted.grad is not None

@@ -97,6 +97,9 @@ def _install(name: str, block: nn.Module, halves: dict[int, torch.dtype], result
                 handle.remove()
             stored.clear()
             result.restored.append(name)
+            from .telemetry import say  # not silent: the saving said at the start shrinks
+
+            say(f"frozen block {name} is on a gradient's path: back to fp32 for the rest of the run")
 
     def narrow(*_: Any) -> None:
         for key, tensor in stored.items():

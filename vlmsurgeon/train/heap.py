@@ -4,9 +4,9 @@ and a heap page freed below one still in use is never given back. A checkpointed
 tens of MiB of transients while the layer input it keeps sits above them, so the resident set
 grows with every layer (bench/memory_bench.py at Qwen2-VL-2B widths, all 28 LM layers, fp32:
 training's peak 11,265 MiB under glibc's defaults, 5,586 MiB with freed blocks given back;
-bench/RESULTS.md). `finetune` on a CPU therefore
-maps every allocation of 1 MiB or more on its own (glibc's `M_MMAP_THRESHOLD`), so that freeing
-it returns it at once: what `MALLOC_MMAP_THRESHOLD_=1048576` does, set for this process only.
+bench/RESULTS.md). `finetune` on a CPU therefore maps every allocation of 1 MiB or more on its
+own (glibc's `M_MMAP_THRESHOLD`), so that freeing it returns it at once: what
+`MALLOC_MMAP_THRESHOLD_=1048576` does, set for this process only.
 Unchanged where the user set `MALLOC_MMAP_THRESHOLD_` (theirs stands), on a GPU (device memory
 is torch's own allocator's), and where the C library is not glibc."""
 
