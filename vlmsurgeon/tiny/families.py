@@ -4,6 +4,7 @@ classes and the special tokens its processor expects. Read by `build.py`; the sh
 
 from __future__ import annotations
 
+from .audio_like import FAMILIES as _AUDIO_LIKE
 from .base import (
     _CLIP_IMAGE,
     _QWEN_MROPE,
@@ -260,4 +261,4 @@ FAMILIES: dict[str, Family] = {
     ),
 }
 
-FAMILIES.update({**_LLAVA_LIKE, **_QWEN_LIKE, **_MORE})
+FAMILIES.update({**_LLAVA_LIKE, **_QWEN_LIKE, **_AUDIO_LIKE, **_MORE})
