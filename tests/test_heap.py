@@ -79,3 +79,72 @@ def test_finetune_says_it_on_a_cpu(tiny_models, shapes, tmp_path, capsys, monkey
     monkeypatch.setattr(heap, "return_freed_blocks", lambda cuda: seen.append(cuda) or "freed blocks line")
     finetune(options(tiny_models("qwen2_vl"), shapes, tmp_path / "run", steps=1))
     assert seen == [False] and "freed blocks line" in capsys.readouterr().err
+
+
+PAGES = """
+import sys
+sys.path.insert(0, {root!r})
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from vlmsurgeon.train.heap import give_back_checkpoint_pages
+
+def file_mib():
+    return int(open("/proc/self/status").read().split("RssFile:")[1].split()[0]) // 1024
+
+path = sys.argv[1]
+torch.manual_seed(0)
+save_file({{"a": torch.randn(16 << 20).bfloat16(), "b": torch.randn(16 << 20).bfloat16()}}, path)
+before = file_mib()
+f = safe_open(path, framework="pt", device="cpu")  # as transformers reads a checkpoint: mapped
+a, b = f.get_slice("a")[:], f.get_slice("b")[:]
+b[:4] = 7.0  # written since it was mapped: that page is the process's own now
+total = (a.float().sum() + b.float().sum()).item()  # every page read
+read = file_mib() - before
+given = give_back_checkpoint_pages()
+left = file_mib() - before
+print(read, given, left, (a.float().sum() + b.float().sum()).item() == total, bool((b[:4] == 7.0).all()))
+"""
+
+
+def test_checkpoint_pages_are_handed_back_and_weights_still_read_the_same(tmp_path):
+    """A 64 MiB mapped safetensors file, every page read: its resident pages go back, what the
+    tensors hold is unchanged (read again from the file), and a page written since is kept."""
+    code = PAGES.format(root=str(ROOT))
+    env = {"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "w.safetensors")],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
+    read, given, left, same, kept = out.stdout.split()
+    assert int(read) >= 60  # the 64 MiB were resident
+    assert int(given) >= 60 and int(left) <= 16  # and went back (other files: libraries read meanwhile)
+    assert same == "True" and kept == "True"
+
+
+def test_no_checkpoint_mapping_nothing_said(tmp_path):
+    maps = tmp_path / "maps"
+    maps.write_text("7f0000000000-7f0000001000 r-xp 00000000 fe:00 1 /usr/lib/libc.so.6\n")
+    assert heap.give_back_checkpoint_pages(str(maps)) == 0
+    assert heap.give_back_checkpoint_pages(str(tmp_path / "absent")) == 0
+    assert heap.checkpoint_pages_line(0) is None
+    assert heap.checkpoint_pages_line(3012) == (
+        "checkpoint pages read while loading: 3,012 MiB handed back "
+        "(weights still mapped from the file are read again on first use)"
+    )
+
+
+def test_finetune_hands_the_pages_back_once_the_model_is_ready(tiny_models, shapes, tmp_path, capsys, monkeypatch):
+    from tests.test_finetune import options
+    from vlmsurgeon.train.loop import finetune
+
+    calls = []
+    monkeypatch.setattr(heap, "give_back_checkpoint_pages", lambda: calls.append(1) or 3012)
+    finetune(options(tiny_models("qwen2_vl"), shapes, tmp_path / "run", steps=1))
+    err = capsys.readouterr().err
+    assert calls == [1]
+    # after loading and preparing, before training starts
+    assert err.index("preparing ") < err.index("3,012 MiB handed back") < err.index("starting training")

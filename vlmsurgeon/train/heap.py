@@ -8,16 +8,27 @@ bench/RESULTS.md). `finetune` on a CPU therefore maps every allocation of 1 MiB 
 own (glibc's `M_MMAP_THRESHOLD`), so that freeing it returns it at once: what
 `MALLOC_MMAP_THRESHOLD_=1048576` does, set for this process only.
 Unchanged where the user set `MALLOC_MMAP_THRESHOLD_` (theirs stands), on a GPU (device memory
-is torch's own allocator's), and where the C library is not glibc."""
+is torch's own allocator's), and where the C library is not glibc.
+
+The checkpoint is read through memory maps (safetensors), and every page read while loading stays
+in the resident set for as long as any weight still points into its file: in a bf16 run the frozen
+weights are views of the file, so the pages of the layers quantized to 4 bits stay too. Once the
+model is ready, those mappings' pages are handed back (`MADV_PAGEOUT`, never data: a page written
+since it was mapped is kept), and the frozen weights' pages are read again from the file on their
+first use (Qwen2-VL-2B widths, all 28 LM and 32 vision layers, bf16: 2,573 MiB handed back,
+training's peak 7,398 → 4,866 MiB; bench/RESULTS.md)."""
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
 import os
+from pathlib import Path
 
 M_MMAP_THRESHOLD = -3  # glibc's malloc.h
 THRESHOLD = 1 << 20
+MADV_PAGEOUT = 21  # Linux 5.4 and later
+CHECKPOINT_SUFFIX = ".safetensors"
 
 
 def return_freed_blocks(cuda: bool) -> str | None:
@@ -42,3 +53,48 @@ def _glibc() -> ctypes.CDLL | None:
     libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     libc.mallopt.restype = ctypes.c_int
     return libc
+
+
+def give_back_checkpoint_pages(maps: str = "/proc/self/maps", status: str = "/proc/self/status") -> int:
+    """Hand back the resident pages of every memory-mapped safetensors file of this process; the
+    MiB the resident set's file-backed part fell by. 0 where there is no such mapping, no
+    /proc (not Linux), or the kernel has no MADV_PAGEOUT."""
+    try:
+        lines = Path(maps).read_text().splitlines()
+    except OSError:
+        return 0
+    regions = []
+    for line in lines:
+        fields = line.split(maxsplit=5)
+        if len(fields) == 6 and fields[5].endswith(CHECKPOINT_SUFFIX):
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            regions.append((start, end - start))
+    if not regions:
+        return 0
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return 0
+    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    libc.madvise.restype = ctypes.c_int
+    before = _file_kib(status)
+    for start, length in regions:
+        if libc.madvise(start, length, MADV_PAGEOUT) != 0:  # EINVAL: a kernel before 5.4
+            break
+    return max(0, before - _file_kib(status)) // 1024
+
+
+def checkpoint_pages_line(mib: int) -> str | None:
+    if mib < 1:
+        return None
+    return (
+        f"checkpoint pages read while loading: {mib:,} MiB handed back "
+        "(weights still mapped from the file are read again on first use)"
+    )
+
+
+def _file_kib(status: str) -> int:
+    try:
+        return int(Path(status).read_text().split("RssFile:")[1].split()[0])
+    except (OSError, IndexError, ValueError):
+        return 0

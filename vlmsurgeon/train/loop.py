@@ -396,7 +396,7 @@ def _train(run: _Run) -> FinetuneResult:
 
     opts, run_dir = run.opts, run.run_dir
     present = present_components(run.tree)
-    from .heap import return_freed_blocks
+    from .heap import checkpoint_pages_line, give_back_checkpoint_pages, return_freed_blocks
 
     heap = return_freed_blocks(cuda=_cuda())
     if heap:
@@ -420,6 +420,9 @@ def _train(run: _Run) -> FinetuneResult:
         line = compacted_line(compact_frozen(applied.model))
         if line:
             say(line)
+    pages = checkpoint_pages_line(give_back_checkpoint_pages())  # loading and preparing are over
+    if pages:
+        say(pages)
     stop = StopOnSignal()
     grads = GradCheck(applied, opts.strict_grads)
     callbacks = [
