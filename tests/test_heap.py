@@ -148,3 +148,94 @@ def test_finetune_hands_the_pages_back_once_the_model_is_ready(tiny_models, shap
     assert calls == [1]
     # after loading and preparing, before training starts
     assert err.index("preparing ") < err.index("3,012 MiB handed back") < err.index("starting training")
+
+
+SAMPLING = """
+import os, sys
+sys.path.insert(0, {root!r})
+os.environ.pop("MALLOC_MMAP_THRESHOLD_", None)
+import torch
+from vlmsurgeon.train import heap
+assert heap.return_freed_blocks(cuda=False)
+
+def rss():
+    return int(open("/proc/self/status").read().split("VmRSS:")[1].split()[0]) // 1024
+
+with heap.sampling():
+    blocks = [torch.ones(1 << 20) for _ in range(64)]  # 64 blocks of 4 MiB, from the heap now
+    kept = torch.ones(1 << 20)  # above them: the heap's top cannot come down
+    del blocks
+    inside = rss()
+after = rss()
+# the 1 MiB threshold is back: a block larger than the heap's free space is mapped apart
+# (smaller ones reuse that space first, as they would under glibc's defaults)
+again = torch.ones(75 << 20)  # 300 MiB
+before = rss()
+del again
+print(inside - after, before - rss())
+"""
+
+
+@pytest.mark.skipif(heap._glibc() is None, reason="glibc's allocator only")
+def test_sampling_takes_blocks_from_the_heap_and_gives_them_back_after():
+    env = {"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
+    code = SAMPLING.format(root=str(ROOT))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    trimmed, freed = (int(x) for x in out.stdout.split())
+    assert trimmed >= 240  # the 256 MiB freed while sampling left with malloc_trim
+    assert freed >= 290  # and a block past the heap's free space is returned at once afterwards
+
+
+def test_sampling_sets_the_heap_only_where_finetune_set_it(monkeypatch):
+    calls = []
+
+    class Libc:
+        def mallopt(self, option, value):
+            calls.append(("mallopt", option, value))
+            return 1
+
+        def malloc_trim(self, pad):
+            calls.append(("trim", pad))
+            return 1
+
+    monkeypatch.setattr(heap, "_glibc", lambda: Libc())
+    monkeypatch.setitem(heap._OURS, "set", False)
+    with heap.sampling():
+        pass
+    assert calls == []  # the user's or glibc's own settings: left alone
+    monkeypatch.setitem(heap._OURS, "set", True)
+    with pytest.raises(KeyError), heap.sampling():
+        assert calls == [("mallopt", -3, 256 << 20), ("mallopt", -1, 512 << 20)]
+        raise KeyError  # stopped while sampling: the training settings still come back
+    assert calls[2:] == [("mallopt", -1, 128 << 10), ("trim", 0), ("mallopt", -3, 1 << 20)]
+
+
+def test_grpo_samples_inside_it(tiny_models, shapes, tmp_path, monkeypatch):
+    import contextlib
+
+    from tests.test_finetune import options
+    from tests.test_grpo_run import GRPO, REWARDS
+    from vlmsurgeon.train.loop import finetune
+
+    rewards = tmp_path / "rewards.py"
+    rewards.write_text(REWARDS)
+    entered = []
+
+    @contextlib.contextmanager
+    def spy():
+        entered.append(1)
+        yield
+
+    monkeypatch.setattr(heap, "sampling", spy)
+    grpo = {**GRPO, "num_generations": 2, "batch_size": 1}
+    finetune(
+        options(
+            tiny_models("qwen2_vl"),
+            shapes.parent / "grpo.jsonl",
+            tmp_path / "run",
+            steps=2,
+            reward=[f"{rewards}:vowels"],
+            **grpo,
+        )
+    )
+    assert len(entered) == 2  # one rollout per step, one prompt each

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from vlmsurgeon.data.collate import IGNORE, PREFIX_LM, pad_and_stack, prefix_types
 
+from . import heap
 from .loss import ChunkedLoss
 from .objectives import GrpoKnobs, group_advantages, grpo_loss
 from .preference import Reference, token_logps
@@ -222,7 +223,7 @@ class GrpoObjective:
                     k: (v.to(device, dtype) if v.is_floating_point() else v.to(device)) if torch.is_tensor(v) else v
                     for k, v in prompt.items()
                 }
-                with torch.no_grad():
+                with torch.no_grad(), heap.sampling():
                     out = wrapped.generate(**inputs, generation_config=config)
                 new = out[:, prompt["input_ids"].shape[1] :].cpu()
                 for row in new:

@@ -144,6 +144,8 @@ class EvalGenerate(TrainerCallback):
         from vlmsurgeon.use.answer import Loaded, answer
         from vlmsurgeon.use.evaluate import score, split_sample
 
+        from . import heap
+
         loaded = Loaded(model, self.processor, "run", "training", False, self.sampling)
         was_training = model.training
         model.eval()
@@ -153,7 +155,10 @@ class EvalGenerate(TrainerCallback):
             for sample in self.rows:
                 messages, reference = split_sample(sample)
                 try:
-                    reply = answer(loaded, messages, sample.images, sample.videos, max_new_tokens=self.max_new_tokens)
+                    with heap.sampling():
+                        reply = answer(
+                            loaded, messages, sample.images, sample.videos, max_new_tokens=self.max_new_tokens
+                        )
                 except BadInput:  # e.g. a last answer that follows a tool result: not a question
                     continue
                 scored += 1
