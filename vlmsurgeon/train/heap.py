@@ -37,6 +37,7 @@ SAMPLING_THRESHOLD = 256 << 20
 SAMPLING_TRIM = 512 << 20
 MADV_PAGEOUT = 21  # Linux 5.4 and later
 CHECKPOINT_SUFFIX = ".safetensors"
+_OURS = {"set": False}  # whether this process's threshold is the one return_freed_blocks set
 
 
 def return_freed_blocks(cuda: bool) -> str | None:
@@ -48,9 +49,6 @@ def return_freed_blocks(cuda: bool) -> str | None:
         return None
     _OURS["set"] = True
     return "CPU run: freed blocks of 1 MiB or more go back to the system at once (glibc M_MMAP_THRESHOLD 1 MiB)"
-
-
-_OURS = {"set": False}  # whether this process's threshold is the one return_freed_blocks set
 
 
 @contextlib.contextmanager

@@ -151,19 +151,19 @@ class EvalGenerate(TrainerCallback):
         model.eval()
         totals: dict[str, float] = {}
         try:
-            scored = 0
-            for sample in self.rows:
-                messages, reference = split_sample(sample)
-                try:
-                    with heap.sampling():
+            with heap.sampling():
+                scored = 0
+                for sample in self.rows:
+                    messages, reference = split_sample(sample)
+                    try:
                         reply = answer(
                             loaded, messages, sample.images, sample.videos, max_new_tokens=self.max_new_tokens
                         )
-                except BadInput:  # e.g. a last answer that follows a tool result: not a question
-                    continue
-                scored += 1
-                for key, value in score(reply.text, reference).items():
-                    totals[key] = totals.get(key, 0.0) + value
+                    except BadInput:  # e.g. a last answer that follows a tool result: not a question
+                        continue
+                    scored += 1
+                    for key, value in score(reply.text, reference).items():
+                        totals[key] = totals.get(key, 0.0) + value
         finally:
             model.train(was_training)
         out = {k: round(v / scored, 4) for k, v in totals.items()} if scored else {}
